@@ -1,0 +1,170 @@
+"""Where a clip is classified: the interface every classifier plugin implements.
+
+A classifier takes clips (float32 waveforms at its ``sample_rate``, already preprocessed
+with its ``preset``) and returns P(asthma) per clip. It can be built from a config,
+trained, saved to a folder and loaded back. Every saved folder holds ``steth.json``
+naming the plugin that reads it, so :func:`load_classifier` looks the plugin up in the
+registry — never an import path taken from a file.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from steth_hub.errors import ModelError
+
+#: label names, index = class id
+LABELS: tuple[str, str] = ("not_asthma", "asthma")
+STETH_METADATA = "steth.json"
+#: weight files that need pickle to load; refused everywhere
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+class Classifier(abc.ABC):
+    """Base class of classifier plugins.
+
+    Attributes:
+        plugin_name: the name the plugin registers (written to ``steth.json``).
+        sample_rate: the rate clips must have.
+        threshold: decision threshold on P(asthma), chosen on training/validation data.
+        preset: the preprocessing preset (a dict) the model was trained with.
+        metadata: everything else saved in ``steth.json`` (training data, evaluation...).
+    """
+
+    plugin_name: ClassVar[str] = ""
+
+    def __init__(self, *, sample_rate: int = 16000, threshold: float = 0.5, preset: dict | None = None,
+                 metadata: dict | None = None):
+        self.sample_rate = int(sample_rate)
+        self.threshold = float(threshold)
+        self.preset = dict(preset or {})
+        self.metadata = dict(metadata or {})
+
+    # -- building and training ------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: dict) -> "Classifier":
+        """A fresh (untrained, or pretrained-initialised) model from a config dict."""
+
+    @abc.abstractmethod
+    def fit(self, train, valid=None, recipe: dict | None = None, out_dir: str | os.PathLike | None = None) -> dict:
+        """Train on a ClipSet (``valid`` for early stopping); returns a history dict."""
+
+    @abc.abstractmethod
+    def predict_proba(self, waveforms: np.ndarray) -> np.ndarray:
+        """P(asthma) per clip for float32 ``[N, S]`` waveforms at ``sample_rate``."""
+
+    # -- saving and loading ---------------------------------------------------
+    @abc.abstractmethod
+    def _save_weights(self, directory: Path) -> None:
+        """Write the weights (safetensors) and the model's own config into ``directory``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _load_weights(cls, directory: Path, metadata: dict) -> "Classifier":
+        """Build the model from ``directory`` (written by ``_save_weights``)."""
+
+    def steth_metadata(self) -> dict:
+        from steth_hub import __version__
+
+        meta = dict(self.metadata)
+        meta.update({
+            "plugin": self.plugin_name,
+            "threshold": self.threshold,
+            "sample_rate": self.sample_rate,
+            "preset": self.preset,
+            "labels": list(LABELS),
+            "steth_hub_version": __version__,
+        })
+        return meta
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Save weights, configs and ``steth.json`` into ``directory`` (atomically)."""
+        from steth_hub.fileio import atomic_directory, atomic_write_json
+
+        directory = Path(directory)
+        with atomic_directory(directory) as tmp:
+            self._save_weights(tmp)
+            atomic_write_json(tmp / STETH_METADATA, self.steth_metadata())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "Classifier":
+        """Load a folder written by ``save_pretrained`` (safetensors only)."""
+        directory = Path(directory)
+        meta = read_metadata(directory)
+        check_safetensors_only(directory)
+        model = cls._load_weights(directory, meta)
+        model.threshold = float(meta.get("threshold", model.threshold))
+        model.preset = dict(meta.get("preset") or model.preset)
+        model.sample_rate = int(meta.get("sample_rate", model.sample_rate))
+        model.metadata = {k: v for k, v in meta.items()
+                          if k not in {"plugin", "threshold", "preset", "sample_rate", "labels"}}
+        return model
+
+    # -- decisions --------------------------------------------------------------
+    def decide(self, probabilities) -> np.ndarray:
+        """True where P(asthma) is at or above the model's threshold."""
+        return np.asarray(probabilities) >= self.threshold
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(plugin={self.plugin_name!r}, threshold={self.threshold:.3f})"
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """``steth.json`` of a model folder, with errors that say what is wrong."""
+    directory = Path(directory)
+    path = directory / STETH_METADATA
+    if not directory.is_dir():
+        raise ModelError("model folder not found", path=directory,
+                         fix="pass a folder written by save_pretrained, or a Hub repo id")
+    if not path.is_file():
+        raise ModelError(f"no {STETH_METADATA} in the model folder", path=directory,
+                         fix="save the model with steth-hub's save_pretrained (a plain transformers "
+                             "checkpoint lacks the threshold and preprocessing)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{STETH_METADATA} is not valid JSON ({exc})", path=path,
+                         fix="re-save the model") from exc
+    if not isinstance(meta, dict) or not meta.get("plugin"):
+        raise ModelError(f"{STETH_METADATA} does not name the classifier plugin", path=path,
+                         fix="re-save the model with steth-hub")
+    return meta
+
+
+def check_safetensors_only(directory: str | os.PathLike) -> None:
+    """Refuse folders whose weights are pickle files (``.bin``, ``.pt``...): they can run code."""
+    directory = Path(directory)
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(
+            f"refusing pickle weight file(s) {', '.join(pickles)}: loading pickle can run arbitrary code",
+            path=directory,
+            fix="convert the weights to safetensors (safetensors.torch.save_file) and remove the pickle files",
+        )
+
+
+def load_classifier(directory: str | os.PathLike) -> Classifier:
+    """Load any saved classifier: ``steth.json`` names the plugin, the registry finds its class."""
+    from steth_hub.errors import UnknownPluginError
+    from steth_hub.registry import get_registry
+
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    check_safetensors_only(directory)
+    plugin = meta["plugin"]
+    try:
+        spec = get_registry().get("classifier", plugin)
+    except UnknownPluginError as exc:
+        dist = meta.get("distribution") or f"the distribution that provides classifier {plugin!r}"
+        raise ModelError(f"this model needs classifier plugin {plugin!r}, which is not installed", path=directory,
+                         fix=f"pip install {dist}") from exc
+    cls: Any = spec.load()
+    return cls.from_pretrained(directory)
