@@ -108,6 +108,12 @@ class Classifier(abc.ABC):
                           if k not in {"plugin", "threshold", "preset", "sample_rate", "labels"}}
         return model
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Publish this model (weights, configs, generated card) in one commit; see steth_hub.hub.push_to_hub."""
+        from steth_hub.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     # -- decisions --------------------------------------------------------------
     def decide(self, probabilities) -> np.ndarray:
         """True where P(asthma) is at or above the model's threshold."""
