@@ -220,6 +220,7 @@ class Registry:
 
     def rows(self) -> list[dict]:
         """One row per registered spec and per failed plugin, for ``steth plugins``."""
+        self.load()
         rows = []
         for kind in KINDS:
             for name, regs in sorted(self._by_kind[kind].items()):
