@@ -1,0 +1,176 @@
+"""Decoding real recordings, and every kind of bad input, with errors that name the file and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from steth_hub.audio import Recording, decode, from_array, resample
+from steth_hub.errors import AudioError
+
+
+@pytest.fixture(scope="module")
+def real(example_wavs):
+    return example_wavs[0]
+
+
+def test_real_recording_decodes_to_mono_float32(example_wavs):
+    for path in example_wavs:
+        rec = decode(path)
+        assert rec.samples.dtype == np.float32 and rec.samples.ndim == 1
+        assert rec.duration == pytest.approx(10.0, abs=0.01)
+        assert rec.sample_rate in (4000, 44100)
+        assert 0 < np.abs(rec.samples).max() <= 1.0
+        assert rec.source == str(path)
+
+
+def test_low_sample_rate_is_a_warning_that_names_the_missing_band(real):
+    rec = decode(real)
+    assert rec.sample_rate == 4000
+    assert any("nothing above 2000 Hz" in w for w in rec.warnings)
+
+
+def test_bytes_and_path_decode_the_same(real):
+    a, b = decode(real), decode(real.read_bytes())
+    assert np.array_equal(a.samples, b.samples) and b.source == "<bytes>"
+    assert a.content_hash() == b.content_hash()
+
+
+def test_content_hash_ignores_the_container_but_not_the_sound(real, tmp_path):
+    rec = decode(real)
+    flac = tmp_path / "same.flac"
+    sf.write(flac, rec.samples, rec.sample_rate, subtype="PCM_16")
+    assert decode(flac).content_hash() == rec.content_hash()
+    louder = tmp_path / "louder.wav"
+    sf.write(louder, rec.samples * 0.5, rec.sample_rate, subtype="PCM_16")
+    assert decode(louder).content_hash() != rec.content_hash()
+
+
+def _assert_error(path, code, *words):
+    with pytest.raises(AudioError) as err:
+        decode(path)
+    assert err.value.code == code
+    text = str(err.value)
+    assert str(path) in text and "fix:" in text
+    for word in words:
+        assert word in text
+    return err.value
+
+
+def test_missing_file(tmp_path):
+    _assert_error(tmp_path / "nope.wav", "missing", "not found")
+
+
+def test_folder_is_not_a_recording(tmp_path):
+    _assert_error(tmp_path, "corrupt", "folder")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    _assert_error(path, "empty")
+
+
+def test_corrupt_bytes(real, tmp_path):
+    path = tmp_path / "corrupt.wav"
+    path.write_bytes(b"not audio at all " * 100)
+    _assert_error(path, "corrupt", "cannot decode", "ffmpeg")
+
+
+def test_header_only_wav(real, tmp_path):
+    path = tmp_path / "header.wav"
+    path.write_bytes(real.read_bytes()[:30])
+    _assert_error(path, "corrupt")
+
+
+def test_wav_with_no_samples(tmp_path):
+    path = tmp_path / "zero.wav"
+    sf.write(path, np.zeros(0, dtype=np.float32), 4000)
+    _assert_error(path, "empty")
+
+
+def test_truncated_wav_decodes_with_a_warning(real, tmp_path):
+    path = tmp_path / "truncated.wav"
+    data = real.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    rec = decode(path)
+    assert rec.duration == pytest.approx(5.0, abs=0.05)
+    assert any(w.startswith("truncated") and "10.00 s" in w for w in rec.warnings)
+
+
+def test_silent_recording(tmp_path):
+    path = tmp_path / "silent.wav"
+    sf.write(path, np.zeros(40000, dtype=np.float32), 4000, subtype="PCM_16")
+    _assert_error(path, "silent", "microphone")
+    assert decode(path, allow_silent=True).duration == 10.0
+
+
+def test_nan_samples_in_a_float_wav(real, tmp_path):
+    rec = decode(real)
+    x = rec.samples.copy()
+    x[1000:1010] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, rec.sample_rate, subtype="FLOAT")
+    _assert_error(path, "not-finite", "NaN")
+
+
+def test_stereo_is_mixed_to_mono_with_a_warning(real, tmp_path):
+    rec = decode(real)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([rec.samples, rec.samples * 0.5], axis=1), rec.sample_rate, subtype="FLOAT")
+    stereo = decode(path)
+    assert stereo.channels == 2 and stereo.samples.ndim == 1
+    assert np.allclose(stereo.samples, rec.samples * 0.75, atol=1e-4)
+    assert any("mixed down to mono" in w for w in stereo.warnings)
+
+
+@pytest.mark.parametrize("rate", [8000, 48000, 22050])
+def test_odd_sample_rates_decode(real, tmp_path, rate):
+    rec = decode(real)
+    path = tmp_path / f"r{rate}.wav"
+    sf.write(path, resample(rec.samples, rec.sample_rate, rate), rate, subtype="PCM_16")
+    out = decode(path)
+    assert out.sample_rate == rate and out.duration == pytest.approx(10.0, abs=0.01)
+
+
+def test_too_low_sample_rate_is_refused(real, tmp_path):
+    rec = decode(real)
+    path = tmp_path / "r1000.wav"
+    sf.write(path, resample(rec.samples, rec.sample_rate, 1000), 1000, subtype="PCM_16")
+    _assert_error(path, "sample-rate", "1000 Hz")
+
+
+def test_huge_recordings_are_refused_before_decoding(real, tmp_path):
+    with pytest.raises(AudioError) as err:
+        decode(real, max_seconds=5)
+    assert err.value.code == "too-long"
+    with pytest.raises(AudioError) as err:
+        decode(real, max_bytes=1000)
+    assert err.value.code == "too-large"
+
+
+def test_resampled_keeps_the_sound_and_the_original_rate(real):
+    rec = decode(real)
+    up = rec.resampled(16000)
+    assert up.sample_rate == 16000 and up.original_sample_rate == 4000
+    assert len(up.samples) == 4 * len(rec.samples)
+    back = resample(up.samples, 16000, 4000)
+    assert np.corrcoef(back[100:-100], rec.samples[100:-100])[0, 1] > 0.99
+    assert rec.resampled(4000) is rec
+
+
+def test_from_array_checks_like_decode():
+    x = (np.sin(np.arange(16000) / 10) * 0.1).astype(np.float32)
+    rec = from_array(x, 16000)
+    assert isinstance(rec, Recording) and rec.duration == 1.0 and rec.warnings == []
+    stereo = from_array(np.stack([x, x], axis=1), 16000)
+    assert stereo.samples.shape == (16000,)
+    pcm = from_array((x * 32767).astype(np.int16), 16000)
+    assert np.allclose(pcm.samples, x, atol=1e-4)
+    for bad, code in [(np.zeros(0), "empty"), (np.full(100, np.nan), "not-finite"), (np.zeros(1000), "silent")]:
+        with pytest.raises(AudioError) as err:
+            from_array(bad, 16000)
+        assert err.value.code == code
+    with pytest.raises(AudioError, match="sample_rate"):
+        from_array(x, None)
