@@ -1,8 +1,38 @@
-"""Built-in classifiers: registration only (importing this module imports nothing heavy)."""
+"""Built-in classifiers: registration only (importing this module imports nothing heavy).
+
+* ``ast`` - transformers' Audio Spectrogram Transformer (the paper's main model; also the
+  embedded ``steth/ast-asthma``), from a checkpoint or a size preset.
+* ``densenet201`` - timm DenseNet201 on the 3-channel multi-window log-mel (the paper's baseline).
+* ``mfcc-logreg`` - MFCC statistics + logistic regression, the simple baseline to beat.
+"""
 
 from steth_hub import hookimpl
+from steth_hub.specs import ClassifierSpec
 
 
 @hookimpl
 def register_classifiers(register):
     """Register the built-in classifiers."""
+    register(ClassifierSpec(
+        name="ast",
+        summary="Audio Spectrogram Transformer (transformers), tiny to base, or from a checkpoint",
+        factory="steth_builtin.ast_model:ASTClassifier",
+        requires=("torch", "transformers"),
+        extra="train",
+        options={"features": "ast-frontend"},
+    ))
+    register(ClassifierSpec(
+        name="densenet201",
+        summary="timm DenseNet201 on the 3-channel multi-window log-mel (the paper's baseline)",
+        factory="steth_builtin.densenet_model:DenseNetClassifier",
+        requires=("torch", "timm", "huggingface_hub", "safetensors"),
+        extra="train",
+        options={"features": "multiwindow-logmel"},
+    ))
+    register(ClassifierSpec(
+        name="mfcc-logreg",
+        summary="MFCC statistics + logistic regression (the simple baseline)",
+        factory="steth_builtin.mfcc_logreg:MFCCLogReg",
+        requires=("sklearn",),
+        extra="train",
+    ))

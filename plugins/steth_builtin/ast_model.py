@@ -1,0 +1,256 @@
+"""The ``ast`` classifier: transformers' Audio Spectrogram Transformer on the AST front end.
+
+The paper's main model fine-tunes ``MIT/ast-finetuned-audioset-10-10-0.4593``. Here the model
+comes from, in order of preference,
+
+* ``{"pretrained": NAME_OR_FOLDER, "revision": ...}``: a transformers checkpoint, a local folder
+  or a repo id already in the Hugging Face cache (nothing is downloaded when the environment is
+  offline); the classification head is replaced by a 2-class one;
+* ``{"size": "tiny" | "small" | "base", ...ASTConfig fields}``: a fresh model of that size,
+  with any ``ASTConfig`` field overriding the preset (``hidden_size``, ``num_hidden_layers``,
+  ``patch_size``, ``frequency_stride``, ``time_stride``, ``max_length``...).
+
+Features are the AST front end of :mod:`steth_hub.features` (``[N, T, 128]`` log-mel filter
+banks, the same computation as transformers' ``ASTFeatureExtractor``), normalised the AST way,
+``(x - mean) / (2 * std)``, with the training set's mean and std. A saved folder is a standard
+transformers checkpoint (``config.json`` with ``id2label``, ``model.safetensors`` and a
+``preprocessor_config.json`` holding those mean/std), so
+``AutoModelForAudioClassification.from_pretrained`` and ``pipeline("audio-classification")``
+load it as they are; ``steth.json`` adds the threshold and the preprocessing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steth_hub.classifier import LABELS
+from steth_hub.errors import ConfigError, ModelError
+from steth_hub.train import TorchClassifier
+
+#: ASTConfig presets. "base" is the published AST (86 M parameters); "small" and "tiny" are sized
+#: for CPU training on hundreds of clips (non-overlapping 16x16 patches keep the sequence short).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+             "patch_size": 16, "frequency_stride": 16, "time_stride": 16},
+    "small": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 384,
+              "patch_size": 16, "frequency_stride": 16, "time_stride": 16,
+              "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "patch_size": 16, "frequency_stride": 10, "time_stride": 10},
+}
+#: keys of the plugin's config that are not ASTConfig fields
+OWN_KEYS = {"size", "pretrained", "revision", "trust_remote_code", "front_end", "sample_rate", "preset",
+            "local_files_only"}
+#: the feature extractor settings saved in preprocessor_config.json beside the weights
+FEATURE_FILE = "preprocessor_config.json"
+
+
+def _ast_config_fields() -> set[str]:
+    from transformers import ASTConfig
+
+    return set(ASTConfig().to_dict())
+
+
+class ASTClassifier(TorchClassifier):
+    """Audio Spectrogram Transformer with a 2-class head (not asthma / asthma)."""
+
+    plugin_name = "ast"
+    feature_axes = {"time": 1, "freq": 2}
+
+    def __init__(self, *, model_config: dict | None = None, net=None, front_end: dict | None = None,
+                 mean: float | None = None, std: float | None = None, pretrained: str | None = None, **kwargs):
+        kwargs.setdefault("sample_rate", 16000)
+        super().__init__(**kwargs)
+        self.model_config = dict(model_config or {})  # ASTConfig fields (used when net is built lazily)
+        self.net = net
+        self.front_end_config = dict(front_end or {})
+        self.mean = mean
+        self.std = std
+        self.pretrained = pretrained
+        self._front_end = None
+
+    # -- building ---------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict) -> "ASTClassifier":
+        """A fresh AST (from a size preset and ASTConfig fields) or one initialised from a checkpoint."""
+        config = copy.deepcopy(config or {})
+        fields = _ast_config_fields()
+        unknown = sorted(set(config) - fields - OWN_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown ast setting(s): {', '.join(unknown)}",
+                              fix="use size, pretrained, revision, front_end, sample_rate or ASTConfig fields "
+                                  "(hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, "
+                                  "patch_size, frequency_stride, time_stride, max_length...)")
+        common = {"sample_rate": int(config.pop("sample_rate", 16000)), "front_end": config.pop("front_end", None),
+                  "preset": config.pop("preset", None)}
+        pretrained = config.pop("pretrained", None)
+        revision = config.pop("revision", None)
+        trust_remote_code = bool(config.pop("trust_remote_code", False))
+        local_only = config.pop("local_files_only", None)
+        size = config.pop("size", None if pretrained else "small")
+        if pretrained:
+            net = _load_pretrained(pretrained, revision, trust_remote_code, local_only, overrides=config)
+            mean, std = _checkpoint_normalisation(pretrained, revision, local_only)
+            model = cls(model_config=net.config.to_dict(), net=net, pretrained=str(pretrained), **common)
+            # a checkpoint's own statistics until fit() learns this data's
+            model.mean, model.std = mean, std
+            return model
+        if size not in SIZES:
+            raise ConfigError(f"unknown ast size {size!r}", fix=f"use one of: {', '.join(SIZES)}")
+        model_config = dict(SIZES[size])
+        model_config.update(config)
+        return cls(model_config=model_config, **common)
+
+    def _build_net(self, max_length: int):
+        """Build a fresh network once the number of frames per clip is known."""
+        from transformers import ASTConfig, ASTForAudioClassification
+
+        cfg = dict(self.model_config)
+        cfg.setdefault("max_length", int(max_length))
+        cfg.update(num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
+                   num_mel_bins=128)
+        cfg = {k: v for k, v in cfg.items() if k not in {"transformers_version", "architectures", "model_type"}}
+        self.net = ASTForAudioClassification(ASTConfig(**cfg))
+        self.model_config = self.net.config.to_dict()
+        return self.net
+
+    @property
+    def max_length(self) -> int | None:
+        if self.net is not None:
+            return int(self.net.config.max_length)
+        return self.model_config.get("max_length")
+
+    # -- features ---------------------------------------------------------------
+    def front_end(self):
+        """The AST front end of steth_hub.features (built once)."""
+        if self._front_end is None:
+            from steth_hub.features import ASTFrontEnd
+
+            self._front_end = ASTFrontEnd(**self.front_end_config)
+        return self._front_end
+
+    def featurise(self, waveforms, sample_rate: int):
+        """Raw log-mel filter banks ``[N, max_length, 128]`` (padded with 0 or cut, as ASTFeatureExtractor does)."""
+        import torch
+
+        x = self.front_end()(np.asarray(waveforms, dtype=np.float32), int(sample_rate))
+        x = torch.as_tensor(x, dtype=torch.float32)
+        length = self.max_length
+        if length is not None and x.shape[1] != length:
+            if x.shape[1] > length:
+                x = x[:, :length]
+            else:
+                x = torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))
+        return x
+
+    def fit_normalisation(self, features) -> None:
+        """The training set's mean and std of the filter-bank values (one number each, as in AST)."""
+        self.mean = float(features.mean())
+        self.std = float(features.std())
+        if self.net is None:
+            self._build_net(features.shape[1])
+
+    def normalise(self, features):
+        if self.mean is None or self.std is None:
+            raise ModelError("the AST has no normalisation statistics", fix="train it (fit) or load a saved model")
+        return (features - self.mean) / (2.0 * self.std)
+
+    def torch_module(self):
+        if self.net is None:
+            raise ModelError("the AST network is built when training starts", fix="call fit() first")
+        return self.net
+
+    def logits(self, net, features):
+        return net(input_values=features).logits
+
+    # -- saving -----------------------------------------------------------------
+    def feature_extractor(self):
+        """An ``ASTFeatureExtractor`` that reproduces this model's input for transformers' pipeline."""
+        from transformers import ASTFeatureExtractor
+
+        return ASTFeatureExtractor(sampling_rate=self.sample_rate, num_mel_bins=128, max_length=int(self.max_length),
+                                   do_normalize=True, mean=float(self.mean), std=float(self.std))
+
+    def _save_weights(self, directory: Path) -> None:
+        if self.net is None:
+            raise ModelError("nothing to save: the AST was never trained", fix="call fit() before save_pretrained()")
+        self.net.save_pretrained(directory, safe_serialization=True) if _accepts_safe_serialization() \
+            else self.net.save_pretrained(directory)
+        self.feature_extractor().save_pretrained(directory)
+
+    def steth_metadata(self) -> dict:
+        meta = super().steth_metadata()
+        meta["ast"] = {"mean": self.mean, "std": self.std, "front_end": self.front_end_config,
+                       "pretrained": self.pretrained}
+        return meta
+
+    @classmethod
+    def _load_weights(cls, directory: Path, metadata: dict) -> "ASTClassifier":
+        from transformers import ASTForAudioClassification
+
+        if not (directory / "model.safetensors").is_file():
+            raise ModelError("no model.safetensors in the AST folder", path=directory,
+                             fix="save the model again with save_pretrained (weights are safetensors only)")
+        net = ASTForAudioClassification.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
+        net.eval()
+        own = metadata.get("ast") or {}
+        mean, std = own.get("mean"), own.get("std")
+        if mean is None or std is None:
+            mean, std = _checkpoint_normalisation(str(directory), None, True)
+        return cls(model_config=net.config.to_dict(), net=net, front_end=own.get("front_end"), mean=mean, std=std,
+                   pretrained=own.get("pretrained"), sample_rate=int(metadata.get("sample_rate", 16000)))
+
+
+def _accepts_safe_serialization() -> bool:
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    return "safe_serialization" in inspect.signature(PreTrainedModel.save_pretrained).parameters
+
+
+def _load_pretrained(name: str, revision: str | None, trust_remote_code: bool, local_only: bool | None,
+                     overrides: dict):
+    """An AST checkpoint with a fresh 2-class head; remote code only with a pinned revision."""
+    from transformers import ASTForAudioClassification
+
+    if trust_remote_code and not (revision and len(str(revision)) == 40):
+        raise ConfigError("trust_remote_code needs a pinned revision (a 40-character commit hash)",
+                          fix="add revision: <commit sha> next to pretrained, or drop trust_remote_code")
+    folder = Path(str(name)).expanduser()
+    is_local = folder.is_dir()
+    kwargs = dict(num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
+                  ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=trust_remote_code)
+    if revision and not is_local:
+        kwargs["revision"] = revision
+    if local_only is not None:
+        kwargs["local_files_only"] = bool(local_only)
+    kwargs.update(overrides)
+    try:
+        net = ASTForAudioClassification.from_pretrained(str(folder) if is_local else str(name), **kwargs)
+    except OSError as exc:
+        raise ModelError(f"cannot load the AST checkpoint {name!r}: {exc}", path=str(name),
+                         fix="pass a local checkpoint folder, or put the repo in the Hugging Face cache "
+                             "(nothing is downloaded offline)") from exc
+    return net
+
+
+def _checkpoint_normalisation(name: str, revision: str | None, local_only: bool | None) -> tuple[float, float]:
+    """mean/std from a checkpoint's preprocessor_config.json, else AST's AudioSet values."""
+    from transformers import ASTFeatureExtractor
+
+    folder = Path(str(name))
+    try:
+        if folder.is_dir():
+            data = json.loads((folder / FEATURE_FILE).read_text(encoding="utf-8"))
+            return float(data["mean"]), float(data["std"])
+        fe = ASTFeatureExtractor.from_pretrained(name, revision=revision, local_files_only=bool(local_only))
+        return float(fe.mean), float(fe.std)
+    except (OSError, KeyError, ValueError):
+        fe = ASTFeatureExtractor()
+        return float(fe.mean), float(fe.std)

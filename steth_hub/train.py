@@ -1,0 +1,522 @@
+"""Where a torch classifier is trained: one Hugging Face ``Trainer`` loop shared by AST and DenseNet.
+
+:func:`fit_torch` takes a classifier that follows the small protocol below, a training
+:class:`~steth_hub.clips.ClipSet` (and optionally a validation one), a recipe (the paper's
+``configs/paper.yaml`` or another) and a working folder for checkpoints. It
+
+* computes the features of every clip once, with the classifier's own featuriser, and keeps
+  them in memory (a clip is featurised once per fit, not once per epoch);
+* fits the classifier's normalisation on the training features only;
+* trains with ``transformers.Trainer``: class-weighted cross-entropy for the imbalance between
+  asthma and not-asthma clips, optional augmentation on the features (SpecAugment-style time and
+  frequency masks, a random circular time shift, a random gain, mixup), cosine schedule with
+  warm-up, gradient accumulation and clipping, early stopping on the validation set with the
+  best checkpoint restored, fp16 only where CUDA is present;
+* is seeded (``transformers.set_seed``) and resumable: ``recipe["resume"]`` continues a killed
+  run from its last checkpoint in ``out_dir``.
+
+Recipe keys are ``TrainingArguments`` names where one exists, plus the keys in
+:data:`EXTRA_KEYS`. An unknown key is a :class:`~steth_hub.errors.ConfigError`, so a typo
+never silently trains with a default.
+
+The paper gives both "warmup 0.25" and "150 warmup steps". transformers 5 has one field,
+``warmup_steps`` (a value below 1 is a fraction of the training steps), so a recipe may hold
+both ``warmup_ratio`` and ``warmup_steps``: ``warmup_steps`` is applied when present and
+``warmup_ratio`` is used only when ``warmup_steps`` is absent. The history records which.
+
+The classifier protocol (implemented by ``steth_builtin.ast_model`` and ``steth_builtin.densenet_model``):
+
+``featurise(waveforms, sample_rate) -> torch.Tensor``
+    raw (unnormalised) features of a batch of clips;
+``fit_normalisation(features)``
+    learn the normalisation from training features (stored in the saved model);
+``normalise(features) -> torch.Tensor``
+    apply it;
+``torch_module() -> torch.nn.Module``
+    the network, called as ``module(features) -> logits [N, 2]`` through ``logits(module, x)``;
+``logits(module, features) -> torch.Tensor``
+    one forward pass (lets AST unwrap its ``ModelOutput``);
+``feature_axes -> {"time": int, "freq": int}``
+    which axes of a feature batch are time and frequency (for the masks);
+``set_trained_module(module)``
+    take the trained (best) weights back;
+``predict_features(features) -> np.ndarray``
+    P(asthma) per clip for normalised features (used for the threshold).
+
+:class:`TorchClassifier` implements the parts that are the same for every torch model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steth_hub.classifier import Classifier
+from steth_hub.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+#: recipe keys that are not TrainingArguments fields
+EXTRA_KEYS = {
+    "warmup_ratio",             # the paper's "warmup 0.25"; used only when warmup_steps is absent
+    "early_stopping_patience",  # evaluations without improvement before stopping (needs a validation set)
+    "early_stopping_threshold",
+    "class_weight",             # "balanced" (default), "none", or [w_not_asthma, w_asthma]
+    "augment",                  # {time_mask, freq_mask, time_masks, freq_masks, time_shift, gain_db, mixup_alpha}
+    "resume",                   # true: continue from the last checkpoint in out_dir; "auto": if one exists
+    "feature_batch_size",       # clips featurised at once
+    "threshold",                # "youden" (default): Youden's J on validation (else training) recordings
+}
+
+#: TrainingArguments we set ourselves; a recipe may not override them
+MANAGED_KEYS = {"output_dir", "use_cpu", "report_to", "remove_unused_columns", "label_names",
+                "load_best_model_at_end", "save_strategy", "eval_strategy"}
+
+AUGMENT_KEYS = {"time_mask", "freq_mask", "time_masks", "freq_masks", "time_shift", "gain_db", "mixup_alpha"}
+
+#: what the recipe means when it names a strategy by its step count
+DEFAULTS = {
+    "num_train_epochs": 25,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "learning_rate": 8e-5,
+    "weight_decay": 0.03,
+    "logging_steps": 1,
+    "eval_steps": 10,
+    "save_steps": 50,
+    "gradient_accumulation_steps": 4,
+    "max_grad_norm": 1.0,
+    "lr_scheduler_type": "cosine",
+    "seed": 42,
+    "save_total_limit": 2,
+    "dataloader_num_workers": 0,
+}
+
+
+def training_argument_names() -> set[str]:
+    """The field names of ``transformers.TrainingArguments`` in the installed version."""
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def check_recipe(recipe: dict, *, source: str | None = None) -> dict:
+    """Validate a recipe's keys and values; returns a copy with the defaults filled in.
+
+    Raises :class:`ConfigError` naming every unknown key (and the closest known name).
+    """
+    import difflib
+
+    if recipe is None:
+        recipe = {}
+    if not isinstance(recipe, dict):
+        raise ConfigError("the training recipe must be a mapping", path=source,
+                          fix="write the recipe as 'key: value' lines under 'recipe:'")
+    known = training_argument_names() | EXTRA_KEYS
+    problems = []
+    for key in recipe:
+        if key in MANAGED_KEYS:
+            problems.append(f"{key!r} is set by steth-hub")
+        elif key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            problems.append(f"unknown recipe key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if problems:
+        raise ConfigError("; ".join(problems), path=source,
+                          fix="use TrainingArguments names or: " + ", ".join(sorted(EXTRA_KEYS)))
+    augment = recipe.get("augment") or {}
+    if not isinstance(augment, dict):
+        raise ConfigError("'augment' must be a mapping", path=source, fix="e.g. augment: {time_mask: 20}")
+    bad = sorted(set(augment) - AUGMENT_KEYS)
+    if bad:
+        raise ConfigError(f"unknown augment key(s): {', '.join(bad)}", path=source,
+                          fix="use: " + ", ".join(sorted(AUGMENT_KEYS)))
+    class_weight = recipe.get("class_weight", "balanced")
+    if not (class_weight in ("balanced", "none", None)
+            or (isinstance(class_weight, (list, tuple)) and len(class_weight) == 2)):
+        raise ConfigError(f"class_weight {class_weight!r} is not 'balanced', 'none' or two numbers", path=source,
+                          fix="use class_weight: balanced")
+    out = dict(DEFAULTS)
+    out.update(recipe)
+    return out
+
+
+def class_weights(labels: np.ndarray, setting: Any = "balanced") -> np.ndarray:
+    """Per-class loss weights: ``n / (2 * count)`` for "balanced" (both classes weigh the same in total)."""
+    labels = np.asarray(labels)
+    if setting in ("none", None):
+        return np.ones(2, dtype=np.float32)
+    if isinstance(setting, (list, tuple)):
+        return np.asarray(setting, dtype=np.float32)
+    counts = np.bincount(labels[labels >= 0], minlength=2).astype(np.float64)
+    counts[counts == 0] = 1.0
+    return (counts.sum() / (2.0 * counts)).astype(np.float32)
+
+
+def featurise_clipset(classifier, clips, batch_size: int = 64):
+    """Raw features of every clip of a ClipSet, batch by batch, as one CPU tensor."""
+    import torch
+
+    parts = []
+    for start in range(0, len(clips), batch_size):
+        batch = clips.waveforms[start:start + batch_size]
+        parts.append(classifier.featurise(batch, clips.sample_rate).float().cpu())
+    return torch.cat(parts)
+
+
+# --------------------------------------------------------------------------- augmentation
+def augment_batch(x, y, axes: dict, settings: dict, num_classes: int = 2):
+    """Augment a batch of normalised features; returns (features, soft targets [N, num_classes]).
+
+    * ``time_mask`` / ``freq_mask``: the widest mask (in frames / bins); ``time_masks`` and
+      ``freq_masks`` masks of each per example (default 2 and 2). Masked cells are set to 0, the
+      normalised mean.
+    * ``time_shift``: roll each example by a random fraction of its length, up to this fraction.
+    * ``gain_db``: add a random offset of up to this many (normalised) units, a level change.
+    * ``mixup_alpha``: mix pairs of examples and their targets with a Beta(alpha, alpha) weight.
+
+    Uses torch's global generator, which ``transformers.set_seed`` and checkpoint resume control.
+    """
+    import torch
+
+    x = x.clone()
+    n = x.shape[0]
+    targets = torch.nn.functional.one_hot(y.long(), num_classes).to(x.dtype)
+    time_axis, freq_axis = axes["time"] % x.dim(), axes["freq"] % x.dim()
+    length, bins = x.shape[time_axis], x.shape[freq_axis]
+
+    shift = float(settings.get("time_shift") or 0.0)
+    if shift > 0:
+        for i in range(n):
+            k = int(torch.randint(-int(shift * length), int(shift * length) + 1, (1,)))
+            if k:
+                x[i] = torch.roll(x[i], shifts=k, dims=time_axis - 1)
+
+    def mask(axis: int, size: int, width: int, count: int) -> None:
+        width = min(int(width), size)
+        if width <= 0:
+            return
+        for i in range(n):
+            for _ in range(count):
+                w = int(torch.randint(0, width + 1, (1,)))
+                if w == 0:
+                    continue
+                s = int(torch.randint(0, size - w + 1, (1,)))
+                x[i].narrow(axis - 1, s, w).zero_()
+
+    mask(time_axis, length, settings.get("time_mask") or 0, int(settings.get("time_masks", 2)))
+    mask(freq_axis, bins, settings.get("freq_mask") or 0, int(settings.get("freq_masks", 2)))
+
+    gain = float(settings.get("gain_db") or 0.0)
+    if gain > 0:
+        shape = [n] + [1] * (x.dim() - 1)
+        x = x + (torch.rand(shape, dtype=x.dtype, device=x.device) * 2 - 1) * gain
+
+    alpha = float(settings.get("mixup_alpha") or 0.0)
+    if alpha > 0 and n > 1:
+        lam = torch.distributions.Beta(alpha, alpha).sample((n,)).to(x.device, x.dtype)
+        lam = torch.maximum(lam, 1 - lam)  # the first example dominates, so its features stay recognisable
+        perm = torch.randperm(n, device=x.device)
+        shape = [n] + [1] * (x.dim() - 1)
+        x = lam.view(shape) * x + (1 - lam.view(shape)) * x[perm]
+        targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[perm]
+    return x, targets
+
+
+# --------------------------------------------------------------------------- the loop
+def _torch_parts():
+    """The torch classes fit_torch needs, built on first use so importing this module stays light."""
+    import torch
+    from transformers import Trainer
+
+    class FeatureDataset(torch.utils.data.Dataset):
+        """Precomputed, normalised features and labels, served as Trainer batches."""
+
+        def __init__(self, features, labels):
+            self.features = features
+            self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return {"features": self.features[i], "labels": self.labels[i]}
+
+    class LogitsModel(torch.nn.Module):
+        """Wraps the classifier's network so the Trainer sees ``forward(features) -> {"logits"}``."""
+
+        def __init__(self, classifier, net):
+            super().__init__()
+            self.net = net
+            self._classifier = [classifier]  # a list keeps it out of the module tree and the state dict
+
+        def forward(self, features, labels=None):
+            return {"logits": self._classifier[0].logits(self.net, features)}
+
+    class WeightedTrainer(Trainer):
+        """Trainer with class-weighted (soft-target) cross-entropy and feature augmentation."""
+
+        loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+        def __init__(self, *args, class_weights=None, augment=None, axes=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._weights = torch.as_tensor(class_weights, dtype=torch.float32)
+            self._augment = augment or {}
+            self._axes = axes
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            x, y = inputs["features"], inputs["labels"]
+            if model.training and self._augment:
+                x, targets = augment_batch(x, y, self._axes, self._augment)
+            else:
+                targets = torch.nn.functional.one_hot(y.long(), 2).to(x.dtype)
+            outputs = model(features=x)
+            logits = outputs["logits"].float()
+            weights = self._weights.to(logits.device)
+            per_example = -(targets.float() * torch.log_softmax(logits, dim=-1) * weights).sum(-1)
+            norm = (targets.float() * weights).sum(-1)
+            loss = per_example.sum() / norm.sum().clamp_min(1e-8)
+            return (loss, outputs) if return_outputs else loss
+
+    return torch, FeatureDataset, LogitsModel, WeightedTrainer
+
+
+def _compute_metrics(eval_pred) -> dict:
+    """Clip-level AUROC and accuracy on the validation set (logged next to eval_loss)."""
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    logits = np.asarray(logits, dtype=np.float64)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = p[:, 1] / p.sum(axis=1)
+    out = {"accuracy": float(((p >= 0.5).astype(int) == labels).mean())}
+    if len(np.unique(labels)) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        out["auroc"] = float(roc_auc_score(labels, p))
+    return out
+
+
+def _has_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+
+
+def training_arguments(recipe: dict, out_dir: Path, *, has_valid: bool, cuda: bool):
+    """Translate a checked recipe into ``TrainingArguments`` (and say what was adapted)."""
+    from transformers import TrainingArguments
+
+    names = training_argument_names()
+    kwargs = {k: v for k, v in recipe.items() if k in names}
+    notes = []
+    if "warmup_steps" not in recipe and recipe.get("warmup_ratio") is not None:
+        kwargs["warmup_steps"] = float(recipe["warmup_ratio"])  # below 1: a fraction of the training steps
+        notes.append(f"warmup: ratio {recipe['warmup_ratio']} of the training steps")
+    elif "warmup_steps" in recipe:
+        notes.append(f"warmup: {recipe['warmup_steps']} steps"
+                     + (f" (warmup_ratio {recipe['warmup_ratio']} not applied)" if "warmup_ratio" in recipe else ""))
+    for half in ("fp16", "bf16"):
+        if kwargs.get(half) and not cuda:
+            kwargs[half] = False
+            notes.append(f"{half} requested but CUDA is not available: training in float32 on the CPU")
+    if has_valid:
+        kwargs.update(eval_strategy="steps", save_strategy="steps", load_best_model_at_end=True)
+        kwargs.setdefault("metric_for_best_model", "eval_loss")
+        if kwargs["metric_for_best_model"] in ("eval_loss", "loss"):
+            kwargs.setdefault("greater_is_better", False)
+        # load_best_model_at_end needs save_steps to be a multiple of eval_steps
+        if kwargs.get("save_steps") and kwargs.get("eval_steps") and kwargs["save_steps"] % kwargs["eval_steps"]:
+            raise ConfigError(f"save_steps {kwargs['save_steps']} is not a multiple of eval_steps {kwargs['eval_steps']}",
+                              fix="choose save_steps as a multiple of eval_steps (the paper: 50 and 10)")
+    else:
+        kwargs.update(eval_strategy="no", save_strategy="steps", load_best_model_at_end=False)
+        kwargs.pop("metric_for_best_model", None)
+        if recipe.get("early_stopping_patience"):
+            notes.append("no validation set: early stopping is off, training runs the full schedule")
+    kwargs.update(output_dir=str(out_dir), use_cpu=not cuda, report_to="none", remove_unused_columns=False,
+                  label_names=["labels"])
+    return TrainingArguments(**kwargs), notes
+
+
+def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir: str | os.PathLike | None = None,
+              *, callbacks: list | None = None) -> dict:
+    """Train ``classifier`` on ``train`` (a ClipSet) with ``recipe``; checkpoints go to ``out_dir``.
+
+    Returns a history: the Trainer's log, steps and epochs run, whether it stopped early or
+    resumed, the best checkpoint, the class weights, the chosen threshold, timing and
+    clips per second. The classifier holds the best (or last, without ``valid``) weights and a
+    threshold at maximum Youden's J on the validation recordings (training recordings without
+    ``valid``).
+    """
+    import tempfile
+
+    recipe = check_recipe(recipe or {})
+    if len(train) == 0:
+        raise ConfigError("no training clips", fix="check the corpus and the preset")
+    if len(np.unique(train.labels)) < 2:
+        raise ConfigError("the training clips hold only one class", fix="train on asthma and not-asthma recordings")
+    torch, FeatureDataset, LogitsModel, WeightedTrainer = _torch_parts()
+    from transformers import EarlyStoppingCallback, set_seed
+
+    seed = int(recipe["seed"])
+    set_seed(seed)
+    cuda = torch.cuda.is_available()
+    if out_dir is None:
+        out_dir = tempfile.mkdtemp(prefix="steth-train-")
+    out_dir = Path(out_dir)
+    resume = recipe.get("resume", False)
+    checkpoint = _has_checkpoint(out_dir) if resume else None
+    if resume is True and checkpoint is None:
+        raise ConfigError("nothing to resume: no checkpoint-* folder", path=out_dir,
+                          fix="start a fresh run (drop --resume), or point at the run's checkpoint folder")
+
+    started = time.perf_counter()
+    batch = int(recipe.get("feature_batch_size") or 64)
+    train_x = featurise_clipset(classifier, train, batch)
+    classifier.fit_normalisation(train_x)
+    train_x = classifier.normalise(train_x)
+    valid_x = classifier.normalise(featurise_clipset(classifier, valid, batch)) if valid is not None and len(valid) else None
+    featurise_seconds = time.perf_counter() - started
+
+    weights = class_weights(train.labels, recipe.get("class_weight", "balanced"))
+    args, notes = training_arguments(recipe, out_dir, has_valid=valid_x is not None, cuda=cuda)
+    for note in notes:
+        log.warning("%s", note)
+        if "CUDA" in note or "early stopping" in note:
+            print(f"note: {note}")
+    set_seed(seed)  # the model's initial weights do not depend on how much featurising drew from the RNG
+    model = LogitsModel(classifier, classifier.torch_module())
+    cbs = list(callbacks or [])
+    if valid_x is not None and recipe.get("early_stopping_patience"):
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=int(recipe["early_stopping_patience"]),
+                                         early_stopping_threshold=float(recipe.get("early_stopping_threshold") or 0.0)))
+    trainer = WeightedTrainer(
+        model=model, args=args, train_dataset=FeatureDataset(train_x, train.labels),
+        eval_dataset=FeatureDataset(valid_x, valid.labels) if valid_x is not None else None,
+        compute_metrics=_compute_metrics if valid_x is not None else None, callbacks=cbs,
+        class_weights=weights, augment=recipe.get("augment") or {}, axes=classifier.feature_axes,
+    )
+    train_started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - train_started
+    classifier.set_trained_module(model.net)
+
+    state = trainer.state
+    max_steps = state.max_steps
+    stopped_early = bool(valid_x is not None and state.global_step < max_steps)
+    history: dict[str, Any] = {
+        "log_history": state.log_history,
+        "global_step": int(state.global_step),
+        "max_steps": int(max_steps),
+        "epochs": float(state.epoch or 0.0),
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_metric": state.best_metric,
+        "stopped_early": stopped_early,
+        "resumed_from": checkpoint,
+        "class_weights": weights.tolist(),
+        "n_train_clips": int(len(train)),
+        "n_valid_clips": int(len(valid)) if valid is not None else 0,
+        "train_loss": float(result.training_loss),
+        "train_seconds": round(train_seconds, 3),
+        "featurise_seconds": round(featurise_seconds, 3),
+        "clips_per_second": round(float(result.metrics.get("train_samples_per_second") or 0.0), 3),
+        "device": "cuda" if cuda else "cpu",
+        "notes": notes,
+        "seed": seed,
+    }
+    # the decision threshold: Youden's J on the validation recordings, else on the training ones
+    ref, ref_x = (valid, valid_x) if valid_x is not None else (train, train_x)
+    if recipe.get("threshold", "youden") == "youden":
+        from steth_hub.metrics import recording_threshold
+
+        probs = classifier.predict_features(ref_x)
+        classifier.threshold = recording_threshold(ref.labels, probs, ref.recording_ids)
+        history["threshold"] = classifier.threshold
+        history["threshold_from"] = "validation recordings" if valid_x is not None else "training recordings"
+    return history
+
+
+# --------------------------------------------------------------------------- shared classifier code
+class TorchClassifier(Classifier):
+    """What AST and DenseNet share: training through :func:`fit_torch`, batched prediction.
+
+    A subclass sets ``self.net`` (a ``torch.nn.Module``) and implements ``featurise``,
+    ``fit_normalisation``, ``normalise``, ``logits``, ``feature_axes``, ``_save_weights`` and
+    ``_load_weights``.
+    """
+
+    #: axes of a feature batch, for the augmentation masks
+    feature_axes: dict = {"time": -1, "freq": -2}
+    #: clips per forward pass in predict_proba
+    predict_batch_size: int = 32
+
+    net: Any = None
+
+    def torch_module(self):
+        return self.net
+
+    def set_trained_module(self, module) -> None:
+        self.net = module
+        self.net.eval()
+
+    def _device(self):
+        import torch
+
+        return next(self.net.parameters()).device if any(True for _ in self.net.parameters()) else torch.device("cpu")
+
+    def fit(self, train, valid=None, recipe: dict | None = None, out_dir: str | os.PathLike | None = None,
+            **kwargs) -> dict:
+        """Train with the shared Trainer loop (see :func:`fit_torch`); records what it was trained on."""
+        if int(train.sample_rate) != self.sample_rate:
+            self.sample_rate = int(train.sample_rate)
+        history = fit_torch(self, train, valid, recipe, out_dir, **kwargs)
+        self.metadata.setdefault("training", {}).update({
+            "n_clips": int(len(train)),
+            "clips_by_label": {"not_asthma": int((train.labels == 0).sum()), "asthma": int((train.labels == 1).sum())},
+            "n_recordings": int(len(np.unique(train.recording_ids))),
+            "n_patients": int(len(np.unique(train.patient_ids))),
+            "global_step": history["global_step"],
+            "epochs": history["epochs"],
+            "stopped_early": history["stopped_early"],
+            "seed": history["seed"],
+        })
+        return history
+
+    def predict_features(self, features) -> np.ndarray:
+        """P(asthma) per clip for already normalised features (batched, no gradients)."""
+        import torch
+
+        net = self.net
+        was_training = net.training
+        net.eval()
+        device = self._device()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(features), self.predict_batch_size):
+                x = features[start:start + self.predict_batch_size].to(device)
+                out.append(torch.softmax(self.logits(net, x).float(), dim=-1)[:, 1].cpu())
+        if was_training:
+            net.train()
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, dtype=np.float32)
+
+    def predict_proba(self, waveforms: np.ndarray) -> np.ndarray:
+        """P(asthma) per clip for float32 ``[N, S]`` waveforms at ``sample_rate``."""
+        waveforms = np.asarray(waveforms, dtype=np.float32)
+        if waveforms.ndim == 1:
+            waveforms = waveforms[None, :]
+        if waveforms.ndim != 2:
+            raise ModelError(f"expected clips as a [N, samples] array, got shape {waveforms.shape}",
+                             fix="stack equal-length clips into a 2-D array")
+        if len(waveforms) == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = []
+        for start in range(0, len(waveforms), self.predict_batch_size):
+            x = self.normalise(self.featurise(waveforms[start:start + self.predict_batch_size], self.sample_rate))
+            out.append(self.predict_features(x))
+        return np.concatenate(out)
