@@ -184,7 +184,8 @@ def evaluation_summary(report: Mapping | None) -> dict | None:
     base = report.get("baseline")
     baseline = None
     if isinstance(base, Mapping) and _level_rows(base.get("levels")):
-        baseline = {"name": str(base.get("name") or base.get("classifier") or "baseline"),
+        name = str(base.get("name") or base.get("classifier") or "baseline")
+        baseline = {"name": name if "baseline" in name.lower() else f"{name} (baseline)",
                     "levels": _level_rows(base.get("levels"))}
     gap = []
     patient_gap = (report.get("gap") or {}).get("patient") or {}
@@ -255,6 +256,7 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "preset_json": json.dumps(preset, indent=2, ensure_ascii=False, default=str) if preset else None,
         "recipe_json": json.dumps(recipe, indent=2, ensure_ascii=False, default=str) if recipe else None,
         "epochs": training.get("epochs"),
+        "threshold_method": training.get("threshold_method"),
         "experiment": training.get("experiment"),
         "data": data,
         "sources": [{"key": s, **SOURCES.get(s, {"name": s, "citation": None, "license": None})} for s in sources],
