@@ -55,3 +55,18 @@ def test_atomic_directory_leaves_the_old_folder_on_interrupt(tmp_path):
     with pytest.raises(FileExistsError):
         with atomic_directory(target, overwrite=False):
             pass
+
+
+def test_results_get_normal_permissions_not_the_temporaries_private_ones(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
