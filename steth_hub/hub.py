@@ -214,12 +214,8 @@ def _snapshot(repo_id: str, revision: str | None, *, cache_dir, token, local_fil
 def _check_weights(folder: Path, *, repo_id: str | None = None, revision: str | None = None,
                    cache_dir=None) -> None:
     """Refuse pickle weights; a folder (or repo) without any safetensors weights is an error too."""
-    check_safetensors_only(folder)
-    nested = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                    if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
-    if nested:
-        raise ModelError(f"refusing pickle weight file(s) {', '.join(nested)}: loading pickle can run arbitrary code",
-                         path=folder, fix="convert the weights to safetensors and remove the pickle files")
+    for sub in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
+        check_safetensors_only(sub)
     if any(folder.rglob("*.safetensors")):
         return
     if repo_id is not None:
