@@ -52,28 +52,40 @@ def _decisions(prob: np.ndarray, threshold) -> np.ndarray:
     return prob >= thr
 
 
-def _scores(y: np.ndarray, p: np.ndarray, decided: np.ndarray, w: np.ndarray | None) -> dict:
-    """The metrics of one (possibly weighted) sample; None where a class is missing."""
+def _from_confusion(tn: float, fp: float, fn: float, tp: float) -> dict:
+    """Accuracy, sensitivity, specificity and Youden's J from a (possibly weighted) confusion matrix."""
+    pos, neg = tp + fn, tn + fp
+    sens = float(tp / pos) if pos > 0 else None
+    spec = float(tn / neg) if neg > 0 else None
+    return {
+        "accuracy": float((tp + tn) / (pos + neg)) if pos + neg > 0 else None,
+        "sensitivity": sens,
+        "specificity": spec,
+        "youden_j": sens + spec - 1.0 if sens is not None and spec is not None else None,
+    }
+
+
+def _confusion(y: np.ndarray, decided: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """scikit-learn's 2x2 confusion matrix ``[[tn, fp], [fn, tp]]`` (float, weighted)."""
     import sklearn
-    from sklearn.metrics import auc, confusion_matrix, roc_curve
+    from sklearn.metrics import confusion_matrix
 
     with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        (tn, fp), (fn, tp) = confusion_matrix(y, decided.astype(np.int64), labels=[0, 1], sample_weight=w)
-        pos, neg = tp + fn, tn + fp
-        sens = float(tp / pos) if pos > 0 else None
-        spec = float(tn / neg) if neg > 0 else None
-        total = pos + neg
-        out = {
-            "accuracy": float((tp + tn) / total) if total > 0 else None,
-            "sensitivity": sens,
-            "specificity": spec,
-            "youden_j": sens + spec - 1.0 if sens is not None and spec is not None else None,
-            "auroc": None,
-        }
-        if pos > 0 and neg > 0:
-            fpr, tpr, _ = roc_curve(y, p, sample_weight=w)
-            out["auroc"] = float(auc(fpr, tpr))
-    return out
+        return confusion_matrix(y, decided.astype(np.int64), labels=[0, 1], sample_weight=w).astype(np.float64)
+
+
+def _auroc(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float | None:
+    """scikit-learn's ROC AUC (``roc_curve`` + ``auc``, weighted); None with one class."""
+    import sklearn
+    from sklearn.metrics import auc, roc_curve
+
+    pos = float(np.sum(y if w is None else w * y))
+    neg = float(np.sum((1 - y) if w is None else w * (1 - y)))
+    if pos <= 0 or neg <= 0:
+        return None
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        fpr, tpr, _ = roc_curve(y, p, sample_weight=w)
+    return float(auc(fpr, tpr))
 
 
 def binary_metrics(y_true, prob, threshold=FALLBACK_THRESHOLD) -> dict:
@@ -91,7 +103,11 @@ def binary_metrics(y_true, prob, threshold=FALLBACK_THRESHOLD) -> dict:
         no asthma) is ``None``.
     """
     y, p, _ = _as_arrays(y_true, prob)
-    out = _scores(y, p, _decisions(p, threshold), None) if y.size else dict.fromkeys(METRICS)
+    if y.size:
+        out = _from_confusion(*_confusion(y, _decisions(p, threshold)).ravel())
+        out["auroc"] = _auroc(y, p)
+    else:
+        out = dict.fromkeys(METRICS)
     out["n"] = int(y.size)
     out["n_pos"] = int(y.sum())
     return out
@@ -176,6 +192,13 @@ def _percentile_interval(values: Sequence[float], alpha: float) -> tuple[float |
     return float(low), float(high)
 
 
+def _group_draws(n_groups: int, n: int, seed: int):
+    """``n`` bootstrap draws of ``n_groups`` groups with replacement: how often each group was drawn."""
+    rng = np.random.default_rng(seed)
+    for _ in range(int(n) if n_groups else 0):
+        yield np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+
+
 def patient_resamples(groups, n: int, seed: int):
     """Yield ``n`` bootstrap weights per item: how often its patient (group) was drawn.
 
@@ -183,9 +206,7 @@ def patient_resamples(groups, n: int, seed: int):
     patient's draw count, so all of a patient's items go into a resample together.
     """
     ids, inverse = np.unique(np.asarray(groups, dtype=object).ravel(), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    for _ in range(int(n) if len(ids) else 0):
-        counts = np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))
+    for counts in _group_draws(len(ids), n, seed):
         yield counts[inverse].astype(np.float64)
 
 
@@ -194,10 +215,11 @@ def bootstrap_ci(y_true, prob, threshold=FALLBACK_THRESHOLD, *, groups, n: int =
     """Point estimates with percentile bootstrap intervals, resampling **patients** (``groups``).
 
     Each resample draws as many patients as there are, with replacement; every item of a
-    drawn patient enters the resample as often as the patient was drawn (implemented as
-    scikit-learn sample weights, which is the same as repeating the items). A resample
-    that lacks a class a metric needs (AUROC or Youden's J with one class, sensitivity
-    without asthma) is skipped for that metric only; ``n_resamples`` says how many were used.
+    drawn patient enters the resample as often as the patient was drawn (as scikit-learn
+    sample weights, which is the same as repeating the items; a resample's confusion
+    matrix is the draw-weighted sum of the patients' own matrices). A resample that lacks
+    a class a metric needs (AUROC or Youden's J with one class, sensitivity without
+    asthma) is skipped for that metric only; ``n_resamples`` says how many were used.
     The result is deterministic for a ``seed``.
 
     Returns:
@@ -213,10 +235,16 @@ def bootstrap_ci(y_true, prob, threshold=FALLBACK_THRESHOLD, *, groups, n: int =
     metrics = tuple(metrics)
     decided = _decisions(p, threshold)
     point = binary_metrics(y, p, threshold)
+    ids, inverse = np.unique(groups, return_inverse=True)
+    per_group = np.stack([_confusion(y[inverse == g], decided[inverse == g]) for g in range(len(ids))]) \
+        if len(ids) else np.zeros((0, 2, 2))
     samples: dict[str, list[float]] = {m: [] for m in metrics}
-    for weights in patient_resamples(groups, n, seed):
-        keep = weights > 0
-        scores = _scores(y[keep], p[keep], decided[keep], weights[keep])
+    for counts in _group_draws(len(ids), n, seed):
+        scores = _from_confusion(*np.tensordot(counts, per_group, axes=1).ravel())
+        if "auroc" in metrics:
+            weights = counts[inverse].astype(np.float64)
+            keep = weights > 0
+            scores["auroc"] = _auroc(y[keep], p[keep], weights[keep])
         for m in metrics:
             if scores[m] is not None:
                 samples[m].append(scores[m])
@@ -224,7 +252,7 @@ def bootstrap_ci(y_true, prob, threshold=FALLBACK_THRESHOLD, *, groups, n: int =
     for m in metrics:
         low, high = _percentile_interval(samples[m], alpha)
         out[m] = {"value": point[m], "low": low, "high": high, "n_resamples": len(samples[m])}
-    out.update({"n": point["n"], "n_pos": point["n_pos"], "n_groups": int(len(set(groups))), "n_bootstrap": int(n),
+    out.update({"n": point["n"], "n_pos": point["n_pos"], "n_groups": int(len(ids)), "n_bootstrap": int(n),
                 "alpha": float(alpha), "seed": int(seed)})
     return out
 
@@ -242,11 +270,9 @@ def paired_bootstrap_difference(y_true, prob_a, prob_b, *, groups, n: int = 2000
     if pa.shape != pb.shape:
         raise ValueError("the two models' probabilities differ in length")
     groups = np.asarray(groups, dtype=object).ravel()
-    no_decision = np.zeros_like(y, dtype=bool)
 
     def diff(keep, w):
-        a = _scores(y[keep], pa[keep], no_decision[keep], w)["auroc"]
-        b = _scores(y[keep], pb[keep], no_decision[keep], w)["auroc"]
+        a, b = _auroc(y[keep], pa[keep], w), _auroc(y[keep], pb[keep], w)
         return None if a is None or b is None else a - b
 
     if groups.shape != y.shape:

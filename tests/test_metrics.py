@@ -212,3 +212,14 @@ def test_paired_difference():
     single_b = metrics.binary_metrics(y, noise)["auroc"]
     assert better["value"] == pytest.approx(single_a - single_b)
     assert 0 < better["low"] <= better["value"] <= better["high"]
+
+
+def test_a_resample_scores_like_the_repeated_items():
+    """One resample's metrics equal binary_metrics on the items repeated by their patient's draw count."""
+    y, p, groups = _patients(n_patients=15, clips=3, seed=6)
+    thresholds = np.where(np.arange(y.size) % 2, 0.4, 0.6)  # per-item thresholds, as pooled folds have
+    weights = next(metrics.patient_resamples(groups, n=1, seed=11)).astype(int)
+    expected = metrics.binary_metrics(np.repeat(y, weights), np.repeat(p, weights), np.repeat(thresholds, weights))
+    one = metrics.bootstrap_ci(y, p, thresholds, groups=groups, n=1, seed=11)
+    for m in metrics.METRICS:
+        assert one[m]["low"] == pytest.approx(expected[m]) and one[m]["high"] == pytest.approx(expected[m])
