@@ -1,0 +1,77 @@
+"""``steth evaluate``: patient-grouped cross-validation with intervals, and comparison tables of runs.
+
+    steth evaluate --config configs/ast-asthma.yaml --corpus corpora/all --out runs/ast
+    steth evaluate --compare runs/ast/evaluation.json runs/densenet/evaluation.json
+
+The first writes ``runs/ast/evaluation.json`` and ``oof_predictions.csv`` and prints the
+table (the MFCC baseline beside the model); the second prints (or writes) the patient-level
+Markdown comparison used in model cards. Everything heavy is imported when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Experiment config (configs/*.yaml): classifier, model, preset, recipe.")
+@click.option("--corpus", type=click.Path(path_type=Path), default=None,
+              help="Corpus folder written by `steth corpus import` (its splits.json gives the folds).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder for evaluation.json, oof_predictions.csv and the fold models' training files.")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="Make K seeded stratified patient folds instead of the corpus's stored folds.")
+@click.option("--no-baseline", is_flag=True, help="Do not score the MFCC + logistic-regression baseline.")
+@click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=1), default=None, show_default=False,
+              help="Patient-bootstrap resamples per interval [default: 2000; 200 with --quick].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds, validation splits, bootstrap.")
+@click.option("--quick", is_flag=True,
+              help="Smoke run: one epoch and 200 resamples; the output says it is not a result.")
+@click.option("--compare", is_flag=True,
+              help="Instead of evaluating: print the patient-level comparison table of REPORTS (Markdown).")
+@click.option("--to", "to", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --compare: also write the table to this file.")
+@click.option("--level", type=click.Choice(["patient", "recording", "clip"]), default="patient", show_default=True,
+              help="With --compare: the level of the table.")
+@click.argument("reports", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+def evaluate(config, corpus, out, folds, no_baseline, n_bootstrap, seed, quick, compare, to, level, reports) -> None:
+    """Patient-grouped cross-validation of a classifier, beside the MFCC baseline, with 95% intervals.
+
+    Each fold's model is trained on the other folds' patients; its threshold (max Youden's J)
+    is chosen on validation patients split off those, never on the fold it is scored on.
+    Metrics per clip, recording and patient come with percentile bootstrap intervals over
+    patients.
+    """
+    if compare:
+        _compare(reports, to, level)
+        return
+    if reports:
+        raise click.UsageError("REPORTS are only read with --compare")
+    missing = [name for name, value in (("--config", config), ("--corpus", corpus), ("--out", out)) if value is None]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or use --compare REPORTS...)")
+    from steth_hub.evaluate import cross_validate, format_table
+
+    report = cross_validate(corpus, config, folds=folds, out_dir=out, baseline=not no_baseline,
+                            n_bootstrap=n_bootstrap or (200 if quick else 2000), seed=seed,
+                            progress=lambda msg: click.echo(msg, err=True), quick=quick)
+    click.echo(format_table(report))
+    if report.get("skipped"):
+        click.echo(f"{len(report['skipped'])} recording(s) were skipped in preprocessing; "
+                   f"see 'skipped' in {out / 'evaluation.json'}", err=True)
+
+
+def _compare(reports, to, level) -> None:
+    from steth_hub.evaluate import comparison_table
+    from steth_hub.fileio import atomic_write_text
+
+    if not reports:
+        raise click.UsageError("--compare needs one or more evaluation.json files")
+    table = comparison_table(reports, level=level)
+    click.echo(table)
+    if to is not None:
+        atomic_write_text(to, table + "\n")
+        click.echo(f"wrote {to}", err=True)
