@@ -447,6 +447,25 @@ def _recording_info(corpus) -> dict[str, dict]:
             for i, rid in enumerate(table["recording_id"])}
 
 
+def check_experiment(experiment, *, baseline: bool = True):
+    """The experiment (loaded from a path or dict if needed), after checking that its classifier plugin,
+    the baseline's and its preset all load - so a typo fails now, not after hours of training."""
+    from steth_hub.experiment import Experiment, load_experiment
+    from steth_hub.preprocess import load_preset
+
+    if not isinstance(experiment, Experiment):
+        experiment = load_experiment(experiment)
+    _classifier_class(experiment.classifier)  # unknown name, missing dependency: a PluginError now
+    if baseline and experiment.classifier != BASELINE_CLASSIFIER:
+        _classifier_class(BASELINE_CLASSIFIER)
+    try:
+        load_preset(experiment.preset)
+    except ConfigError as exc:
+        raise ConfigError(f"preset of experiment {experiment.name!r}: {exc.message}",
+                          path=experiment.source or exc.path, fix=exc.fix) from exc
+    return experiment
+
+
 def cross_validate(corpus, experiment, *, folds: int | None = None, out_dir: str | os.PathLike,
                    baseline: bool = True, n_bootstrap: int = 2000, seed: int = 0,
                    progress: bool | Progress = True, quick: bool = False, alpha: float = 0.05) -> dict:
@@ -466,12 +485,10 @@ def cross_validate(corpus, experiment, *, folds: int | None = None, out_dir: str
     Returns:
         The report dict written to ``out_dir/evaluation.json``.
     """
-    from steth_hub.experiment import Experiment, load_experiment
     from steth_hub.preprocess import load_preset, preprocess_corpus
 
     say = _progress(progress)
-    if not isinstance(experiment, Experiment):
-        experiment = load_experiment(experiment)
+    experiment = check_experiment(experiment, baseline=baseline)
     if isinstance(corpus, (str, os.PathLike)):
         from steth_hub.corpus import load_corpus
 

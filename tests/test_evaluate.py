@@ -284,18 +284,26 @@ def _cli():
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_cli_quick_run_with_recomputed_folds(corpus, tmp_path):
-    config = tmp_path / "mfcc.json"
-    config.write_text(json.dumps({"name": "mfcc-quick", "classifier": "mfcc-logreg", "preset": PRESET_4K}))
+def test_cli_quick_run_of_two_configs_with_recomputed_folds(corpus, tmp_path):
+    """One command evaluates several configs and writes their comparison table."""
+    configs = []
+    for name, model in (("mfcc-quick", {}), ("mfcc-13", {"n_mfcc": 13})):
+        configs += ["--config", str(tmp_path / f"{name}.json")]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "classifier": "mfcc-logreg",
+                                                           "model": model, "preset": PRESET_4K}))
     out = tmp_path / "out"
-    result = CliRunner().invoke(_cli(), ["evaluate", "--config", str(config), "--corpus", str(corpus),
-                                         "--out", str(out), "--folds", "3", "--quick", "--bootstrap", "20"])
+    result = CliRunner().invoke(_cli(), ["evaluate", *configs, "--corpus", str(corpus), "--out", str(out),
+                                         "--folds", "3", "--quick", "--bootstrap", "20"])
     assert result.exit_code == 0, result.output
     assert "QUICK SMOKE RUN" in result.output and "fold 3/3" in result.output
-    report = json.loads((out / "evaluation.json").read_text())
-    assert report["quick"] is True and report["n_folds"] == 3 and report["protocol"]["folds_from"] == "recomputed"
-    assert report["baseline"] is None  # the baseline is the model itself
-    assert report["experiment"]["preset"]["name"] == "excerpt-10s-4k"
+    for name in ("mfcc-quick", "mfcc-13"):
+        report = json.loads((out / name / "evaluation.json").read_text())
+        assert report["quick"] is True and report["n_folds"] == 3
+        assert report["protocol"]["folds_from"] == "recomputed"
+        assert report["baseline"] is None  # the baseline is the model itself
+        assert report["experiment"]["preset"]["name"] == "excerpt-10s-4k"
+    table = (out / "comparison.md").read_text()
+    assert "| mfcc-quick (QUICK SMOKE RUN) |" in table and "| mfcc-13 (QUICK SMOKE RUN) |" in table
 
 
 def test_cli_usage_errors(tmp_path):
@@ -312,6 +320,12 @@ def test_cli_usage_errors(tmp_path):
     result = runner.invoke(_cli(), ["evaluate", "--config", str(tmp_path / "none.yaml"), "--corpus", str(tmp_path),
                                     "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "config file not found" in result.output
+    (tmp_path / "a.json").write_text(json.dumps({"name": "same", "classifier": "mfcc-logreg"}))
+    (tmp_path / "b.json").write_text(json.dumps({"name": "same", "classifier": "mfcc-logreg"}))
+    result = runner.invoke(_cli(), ["evaluate", "--config", str(tmp_path / "a.json"), "--config",
+                                    str(tmp_path / "b.json"), "--corpus", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "share a name" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_importing_the_command_is_light():
@@ -322,3 +336,15 @@ def test_importing_the_command_is_light():
             "print(sorted(m for m in ('sklearn', 'librosa', 'torch', 'transformers', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_bad_experiments_fail_before_any_work(tmp_path):
+    with pytest.raises(Exception, match="no classifier named 'mfcc-logregg'; did you mean 'mfcc-logreg'"):
+        evaluate.check_experiment({"classifier": "mfcc-logregg"})
+    with pytest.raises(ConfigError, match="preset of experiment 'x'.*no preset named 'nope'"):
+        evaluate.check_experiment({"name": "x", "classifier": "mfcc-logreg", "preset": "nope"})
+    # the corpus is not even opened when the config is wrong
+    with pytest.raises(ConfigError, match="preset of experiment"):
+        evaluate.cross_validate(tmp_path / "no-corpus", {"name": "x", "classifier": "mfcc-logreg", "preset": "nope"},
+                                out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -16,8 +16,9 @@ import click
 
 
 @click.command()
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Experiment config (configs/*.yaml): classifier, model, preset, recipe.")
+@click.option("--config", "configs", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="Experiment config (configs/*.yaml): classifier, model, preset, recipe. Repeat it to "
+                   "evaluate several models: each goes to OUT/<name>/ and OUT/comparison.md compares them.")
 @click.option("--corpus", type=click.Path(path_type=Path), default=None,
               help="Corpus folder written by `steth corpus import` (its splits.json gives the folds).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -37,7 +38,7 @@ import click
 @click.option("--level", type=click.Choice(["patient", "recording", "clip"]), default="patient", show_default=True,
               help="With --compare: the level of the table.")
 @click.argument("reports", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-def evaluate(config, corpus, out, folds, no_baseline, n_bootstrap, seed, quick, compare, to, level, reports) -> None:
+def evaluate(configs, corpus, out, folds, no_baseline, n_bootstrap, seed, quick, compare, to, level, reports) -> None:
     """Patient-grouped cross-validation of a classifier, beside the MFCC baseline, with 95% intervals.
 
     Each fold's model is trained on the other folds' patients; its threshold (max Youden's J)
@@ -50,18 +51,31 @@ def evaluate(config, corpus, out, folds, no_baseline, n_bootstrap, seed, quick, 
         return
     if reports:
         raise click.UsageError("REPORTS are only read with --compare")
-    missing = [name for name, value in (("--config", config), ("--corpus", corpus), ("--out", out)) if value is None]
+    missing = [name for name, value in (("--config", configs), ("--corpus", corpus), ("--out", out)) if not value]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use --compare REPORTS...)")
-    from steth_hub.evaluate import cross_validate, format_table
+    from steth_hub.evaluate import REPORT_FILE, check_experiment, cross_validate, format_table
 
-    report = cross_validate(corpus, config, folds=folds, out_dir=out, baseline=not no_baseline,
-                            n_bootstrap=n_bootstrap or (200 if quick else 2000), seed=seed,
-                            progress=lambda msg: click.echo(msg, err=True), quick=quick)
-    click.echo(format_table(report))
-    if report.get("skipped"):
-        click.echo(f"{len(report['skipped'])} recording(s) were skipped in preprocessing; "
-                   f"see 'skipped' in {out / 'evaluation.json'}", err=True)
+    experiments = [check_experiment(c) for c in configs]  # every config checked before hours of training
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise click.UsageError(f"two configs share a name ({', '.join(names)}); each run needs its own folder")
+    runs = []
+    for experiment in experiments:
+        run_dir = out if len(experiments) == 1 else out / experiment.name
+        if len(experiments) > 1:
+            click.echo(f"== {experiment.name} -> {run_dir}", err=True)
+        report = cross_validate(corpus, experiment, folds=folds, out_dir=run_dir, baseline=not no_baseline,
+                                n_bootstrap=n_bootstrap or (200 if quick else 2000), seed=seed,
+                                progress=lambda msg: click.echo(msg, err=True), quick=quick)
+        click.echo(format_table(report))
+        if report.get("skipped"):
+            click.echo(f"{len(report['skipped'])} recording(s) were skipped in preprocessing; "
+                       f"see 'skipped' in {run_dir / REPORT_FILE}", err=True)
+        runs.append(run_dir / REPORT_FILE)
+    if len(runs) > 1:
+        click.echo("")
+        _compare(runs, out / "comparison.md", level)
 
 
 def _compare(reports, to, level) -> None:
