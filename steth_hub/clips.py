@@ -2,14 +2,23 @@
 
 A :class:`Clip` is one piece of one recording. A :class:`ClipSet` holds many clips as
 arrays, with the label and the patient of each, so training and evaluation can group by
-patient (never by clip).
+patient (never by clip). :func:`cut` is where a recording is cut into clips: the paper's
+rule of whole, overlapping clips whose span is centred in the recording.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+#: file names of a saved ClipSet folder, and the layout version written into its index
+CLIPSET_ARRAYS = "clips.safetensors"
+CLIPSET_INDEX = "clips.json"
+CLIPSET_FORMAT = 1
 
 
 @dataclass
@@ -100,3 +109,87 @@ class ClipSet:
                    np.concatenate([s.labels for s in sets]), np.concatenate([s.recording_ids for s in sets]),
                    np.concatenate([s.patient_ids for s in sets]), np.concatenate([s.starts for s in sets]),
                    dict(sets[0].meta))
+
+    # -- on disk: clips.safetensors (arrays) + clips.json (ids, rate, meta), written as one folder
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the set to ``directory`` (replaced as a whole, atomically); returns the folder."""
+        from safetensors.numpy import save as save_arrays
+
+        from steth_hub.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
+
+        arrays = {"waveforms": np.ascontiguousarray(self.waveforms), "labels": np.ascontiguousarray(self.labels),
+                  "starts": np.ascontiguousarray(self.starts)}
+        index = {"format": CLIPSET_FORMAT, "n_clips": len(self), "sample_rate": int(self.sample_rate),
+                 "recording_ids": [str(r) for r in self.recording_ids],
+                 "patient_ids": [str(p) for p in self.patient_ids], "meta": self.meta}
+        with atomic_directory(directory) as tmp:
+            atomic_write_bytes(tmp / CLIPSET_ARRAYS, save_arrays(arrays))
+            atomic_write_json(tmp / CLIPSET_INDEX, index)
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "ClipSet":
+        """Read a set written by :meth:`save`; a missing or damaged folder raises ``CorpusError``."""
+        from safetensors.numpy import load_file
+
+        from steth_hub.errors import CorpusError
+
+        directory = Path(directory)
+        try:
+            index = json.loads((directory / CLIPSET_INDEX).read_text(encoding="utf-8"))
+            arrays = load_file(str(directory / CLIPSET_ARRAYS))
+            clipset = cls(arrays["waveforms"], int(index["sample_rate"]), arrays["labels"], index["recording_ids"],
+                          index["patient_ids"], arrays["starts"], index.get("meta") or {})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorpusError(f"cannot read saved clips: {type(exc).__name__}: {exc}", path=directory,
+                              fix="delete the folder and run `steth preprocess` again") from exc
+        if len(clipset) != int(index.get("n_clips", len(clipset))):
+            raise CorpusError("saved clips are incomplete", path=directory,
+                              fix="delete the folder and run `steth preprocess` again")
+        return clipset
+
+
+# --------------------------------------------------------------------------- cutting
+def clip_starts(n_total: int, n_clip: int, overlap: float) -> list[int]:
+    """Sample offsets of the whole clips that fit in ``n_total`` samples, centred.
+
+    The paper's rule: clips of ``L`` samples with ``alpha`` % overlap advance by
+    ``S = L (1 - alpha/100)`` (rounded to whole samples, at least 1); ``C = floor((N - L) / S) + 1``
+    whole clips fit; their span ``(C - 1) S + L`` is centred in the ``N`` samples (the
+    leftover is split evenly, the odd sample going to the end). Returns ``[]`` when not even
+    one clip fits.
+    """
+    n_total, n_clip = int(n_total), int(n_clip)
+    if n_clip <= 0:
+        raise ValueError(f"clip length must be positive, got {n_clip} samples")
+    if not 0.0 <= float(overlap) < 100.0:
+        raise ValueError(f"overlap must be in [0, 100) percent, got {overlap}")
+    if n_total < n_clip:
+        return []
+    step = max(1, int(round(n_clip * (1.0 - float(overlap) / 100.0))))
+    count = (n_total - n_clip) // step + 1
+    span = (count - 1) * step + n_clip
+    offset = (n_total - span) // 2
+    return [offset + k * step for k in range(count)]
+
+
+def cut(clip: Clip, seconds: float, overlap: float = 50.0) -> list[Clip]:
+    """Cut one clip (usually a whole trimmed recording) into centred clips of ``seconds``.
+
+    Each new clip's ``start`` is in seconds of the original recording (the input's ``start``
+    plus the offset), so a clip can always be found again in the file. A piece shorter than
+    one clip raises :class:`~steth_hub.errors.RecordingRejected` with ``code="too-short"``.
+    """
+    from steth_hub.errors import RecordingRejected
+
+    n_clip = int(round(float(seconds) * clip.sample_rate))
+    starts = clip_starts(len(clip.samples), n_clip, overlap)
+    if not starts:
+        raise RecordingRejected(
+            f"{clip.duration:.2f} s left after the earlier steps, shorter than one {float(seconds):g} s clip",
+            path=clip.recording_id, code="too-short",
+            fix="use longer recordings, or a preset with shorter clips or less trimming")
+    return [Clip(samples=np.ascontiguousarray(clip.samples[s:s + n_clip], dtype=np.float32),
+                 sample_rate=clip.sample_rate, recording_id=clip.recording_id,
+                 start=clip.start + s / float(clip.sample_rate), index=k)
+            for k, s in enumerate(starts)]
