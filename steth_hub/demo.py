@@ -1,0 +1,645 @@
+"""The Gradio demo: record or upload a breath sound and get a screening result one can understand.
+
+:func:`build_app` builds the page (a ``gr.Blocks``) and :func:`launch` serves it; ``steth demo``
+and the Hugging Face Space in ``spaces/app.py`` both call them, so the local page and the public
+one are the same app.
+
+What a visitor gets for one recording: P(asthma), the decision at the model's own threshold,
+the number of clips analysed, quality warnings, the three-window log-mel spectrogram (25, 100
+and 175 ms windows, stacked, axes in seconds and hertz), the explanation map when an explainer
+for the chosen model is installed, and the statement that this is screening support, not a
+diagnosis. Optional patient facts (sex, age, recording site) are shown back and kept in the
+JSON result; the audio classifiers never see them.
+
+The page is meant to face the public, so:
+
+* an upload above ``max_bytes`` is refused before it is decoded (Gradio's own upload limit is
+  set to the same size, and the handler checks again), and one longer than ``max_seconds`` is
+  refused from its header, before its samples are read;
+* a corrupt, empty, silent or too-short recording, an unavailable model or an unexpected
+  failure gives a message in the result box, never a stack trace;
+* requests are queued (``concurrency`` at a time, ``queue_size`` waiting);
+* the only files the app reads are the ones Gradio received as uploads and the example
+  recordings shipped in ``steth_hub/examples`` (Gradio copies them into its cache when the page
+  is built); ``allowed_paths`` is empty, so no other file on the server can be fetched or passed
+  to the screening endpoint, and uploads are deleted after ``keep_uploads_s``;
+* Gradio's analytics are off (``GRADIO_ANALYTICS_ENABLED=False`` before gradio is imported).
+
+The pieces it shows come from the rest of steth-hub and are looked up when used:
+:func:`steth_hub.hub.from_pretrained` (models), :func:`steth_hub.screen.screen` (the result),
+:class:`steth_hub.features.MultiWindowLogMel` (the spectrogram), :func:`steth_hub.explain.explain`
+(the map) and the plugin registry (installed classifiers and explainers). Importing this
+module imports none of gradio, torch or matplotlib.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+# Gradio reads this when it is imported: no analytics and no version check from the page or server.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+from steth_hub.errors import AudioError, StethError  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    import gradio as gr
+    import numpy as np
+
+    from steth_hub.audio import Recording
+    from steth_hub.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+#: longest recording accepted, in seconds (checked from the file's header)
+DEFAULT_MAX_SECONDS = 60.0
+#: largest upload accepted, in bytes (checked before decoding)
+DEFAULT_MAX_BYTES = 20 * 2**20
+#: requests screened at the same time (the models run on the CPU)
+DEFAULT_CONCURRENCY = 1
+#: requests that may wait in the queue; more are turned away with a "queue full" message
+DEFAULT_QUEUE_SIZE = 32
+#: uploaded recordings are deleted this long after they arrive (seconds)
+DEFAULT_KEEP_UPLOADS_S = 3600
+#: the model offered first
+DEFAULT_MODEL = "steth/ast-asthma"
+#: the example recordings shipped with the package (offered with one click)
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+TITLE = "steth-hub: asthma screening support from breath sounds"
+DISCLAIMER = ("**Screening support, not a diagnosis.** The result says whether the recording sounds like "
+              "the asthma recordings the model learned from. Only a clinician can diagnose asthma; "
+              "do not start, change or stop any treatment because of this page.")
+PATIENT_NOTE = ("Optional. Shown with the result and saved in the JSON; **not** used by the model, "
+                "which hears only the audio.")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The limits the page enforces (see :func:`build_app`)."""
+
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    concurrency: int = DEFAULT_CONCURRENCY
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    keep_uploads_s: int = DEFAULT_KEEP_UPLOADS_S
+
+    def __post_init__(self) -> None:
+        from steth_hub.errors import ConfigError
+
+        if not self.max_seconds > 0:
+            raise ConfigError(f"max_seconds must be positive, got {self.max_seconds}", fix="pass e.g. --max-seconds 60")
+        if not self.max_bytes > 0:
+            raise ConfigError(f"max_bytes must be positive, got {self.max_bytes}", fix="pass e.g. --max-mb 20")
+        if self.concurrency < 1 or self.queue_size < 1:
+            raise ConfigError("concurrency and queue_size must be at least 1", fix="pass positive numbers")
+
+    def describe(self) -> str:
+        return f"Recordings up to {_mib(self.max_bytes)} and {self.max_seconds:g} s (WAV, FLAC, OGG or MP3)."
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.3g} MiB"
+
+
+#: environment variables read by :func:`settings_from_env` (a Space sets them as its variables)
+ENV_PREFIX = "STETH_DEMO_"
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict:
+    """:func:`build_app` keyword arguments from ``STETH_DEMO_*`` variables, for a Space's settings.
+
+    ``STETH_DEMO_MODELS`` (comma-separated Hub names or folders; default the embedded model),
+    ``STETH_DEMO_MAX_SECONDS``, ``STETH_DEMO_MAX_MB``, ``STETH_DEMO_CONCURRENCY``,
+    ``STETH_DEMO_QUEUE_SIZE``. A value that is not a number is a :class:`~steth_hub.errors.ConfigError`
+    naming the variable.
+    """
+    from steth_hub.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    kwargs: dict[str, Any] = {}
+    models = [m.strip() for m in env.get(f"{ENV_PREFIX}MODELS", "").split(",") if m.strip()]
+    if models:
+        kwargs["models"] = models
+    numbers = {"MAX_SECONDS": ("max_seconds", float, 1.0), "MAX_MB": ("max_bytes", float, 2.0**20),
+               "CONCURRENCY": ("concurrency", int, 1), "QUEUE_SIZE": ("queue_size", int, 1)}
+    for suffix, (key, kind, scale) in numbers.items():
+        raw = env.get(ENV_PREFIX + suffix, "").strip()
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{suffix}={raw!r} is not a number",
+                              fix=f"set {ENV_PREFIX}{suffix} to a {'whole ' if kind is int else ''}number") from None
+        kwargs[key] = int(value * scale) if key == "max_bytes" else value
+    return kwargs
+
+
+# --------------------------------------------------------------------------- models
+@dataclass
+class ModelEntry:
+    """One model the page offers: its name in the selector, its plugin and where it comes from."""
+
+    name: str
+    source: Any  # a Hub name, a folder, or a loaded Classifier
+    plugin: str | None = None
+    note: str = ""
+    error: StethError | None = None
+
+    @property
+    def label(self) -> str:
+        if self.error is not None:
+            return f"{self.name} (unavailable)"
+        detail = ", ".join(x for x in (self.plugin, self.note) if x)
+        return f"{self.name} ({detail})" if detail else self.name
+
+
+class ModelCatalog:
+    """The models the selector lists, each loaded once (on first use) and then kept.
+
+    ``models`` holds Hub names (``"steth/ast-asthma"``), model folders, or already loaded
+    :class:`~steth_hub.classifier.Classifier` objects. A model that cannot be found stays in
+    the list as unavailable, so the page still starts and says why when it is chosen.
+    """
+
+    def __init__(self, models: Sequence[Any] | Mapping[str, Any] | None = None):
+        items: list[tuple[str | None, Any]]
+        if models is None:
+            items = [(None, DEFAULT_MODEL)]
+        elif isinstance(models, Mapping):
+            items = list(models.items())
+        elif isinstance(models, (str, os.PathLike)):
+            items = [(None, models)]
+        else:
+            items = [(None, m) for m in models]
+        self.entries: dict[str, ModelEntry] = {}
+        self._loaded: dict[str, Classifier] = {}
+        self._lock = threading.Lock()
+        for name, source in items:
+            entry = self._describe(name, source)
+            base, n = entry.name, 2
+            while entry.name in self.entries:
+                entry.name, n = f"{base} #{n}", n + 1
+            self.entries[entry.name] = entry
+
+    @staticmethod
+    def _describe(name: str | None, source: Any) -> ModelEntry:
+        from steth_hub.classifier import Classifier
+
+        if isinstance(source, Classifier):
+            return ModelEntry(name or source.plugin_name, source, plugin=source.plugin_name, note="in memory")
+        text = os.fspath(source)
+        is_folder = Path(text).expanduser().is_dir()
+        # a folder is shown by its own name: the page does not reveal the server's paths
+        entry = ModelEntry(name or (Path(text).expanduser().resolve().name if is_folder else text), source)
+        if text == DEFAULT_MODEL:
+            entry.note = "embedded default"
+        try:
+            entry.plugin = _plugin_of(source)
+        except StethError as exc:
+            entry.error = exc
+            log.warning("model %s is not available: %s", text, exc)
+        return entry
+
+    @property
+    def default(self) -> str | None:
+        """The first model that is available (else the first listed)."""
+        for name, entry in self.entries.items():
+            if entry.error is None:
+                return name
+        return next(iter(self.entries), None)
+
+    def choices(self) -> list[tuple[str, str]]:
+        """``(label, name)`` pairs for a dropdown."""
+        return [(entry.label, name) for name, entry in self.entries.items()]
+
+    def get(self, name: str | None) -> "Classifier":
+        """The loaded model called ``name`` (loading it the first time); errors say what to do."""
+        from steth_hub.errors import ModelError
+
+        name = name or self.default
+        entry = self.entries.get(name or "")
+        if entry is None:
+            raise ModelError(f"no model named {name!r} on this page",
+                             fix=f"choose one of: {', '.join(self.entries) or 'none'}")
+        if entry.error is not None:
+            raise ModelError(f"model {name!r} is not available: {entry.error.message}", fix=entry.error.fix)
+        with self._lock:  # two visitors asking at once load it once
+            if name not in self._loaded:
+                from steth_hub.screen import load_model
+
+                try:
+                    self._loaded[name] = load_model(entry.source)
+                except StethError as exc:
+                    raise ModelError(f"model {name!r} cannot be loaded: {exc.message}", fix=exc.fix) from exc
+            return self._loaded[name]
+
+
+def _plugin_of(source: str | os.PathLike) -> str:
+    """The classifier plugin a model folder or name needs, read from ``steth.json`` without loading it."""
+    from steth_hub.classifier import STETH_METADATA, read_metadata
+    from steth_hub.hub import AST_PLUGIN, resolve
+
+    folder = resolve(source)
+    if (folder / STETH_METADATA).is_file():
+        return str(read_metadata(folder)["plugin"])
+    return AST_PLUGIN  # a plain transformers AST checkpoint is adopted by the ast plugin
+
+
+def installed_plugins(kind: str) -> list[str]:
+    """Names of the installed plugins of ``kind`` (``"classifier"``, ``"explainer"``)."""
+    from steth_hub.registry import get_registry
+
+    return get_registry().names(kind)
+
+
+# --------------------------------------------------------------------------- one request
+@dataclass
+class PatientFacts:
+    """What a visitor may tell about the patient: shown back, saved, never a model input."""
+
+    sex: str | None = None
+    age: float | None = None
+    site: str | None = None
+
+    @classmethod
+    def from_inputs(cls, sex: Any, age: Any, site: Any) -> "PatientFacts":
+        sex = str(sex).strip().upper()[:1] if sex else None
+        try:
+            age_value = float(age) if age not in (None, "") else None
+        except (TypeError, ValueError):
+            age_value = None
+        site_text = " ".join(str(site).split())[:40] if site else None
+        return cls(sex=sex if sex in ("F", "M") else None, age=age_value, site=site_text or None)
+
+    def to_dict(self) -> dict:
+        return {"sex": self.sex, "age": self.age, "site": self.site, "model_input": False}
+
+    def describe(self) -> str:
+        parts = [{"F": "female", "M": "male"}.get(self.sex or "", ""),
+                 f"{self.age:g} years" if self.age is not None else "", self.site or ""]
+        return ", ".join(p for p in parts if p) or "not given"
+
+
+@dataclass
+class Analysis:
+    """Everything the page shows for one request (or the message that replaces it)."""
+
+    summary: str
+    warnings: str = ""
+    spectrogram: Any = None  # RGB uint8 array
+    explanation: Any = None  # RGB uint8 array
+    result: dict | None = None
+
+    def outputs(self) -> tuple:
+        return self.summary, self.warnings, self.spectrogram, self.explanation, self.result
+
+
+class Screener:
+    """Screens one uploaded recording with the chosen model and prepares what the page shows."""
+
+    def __init__(self, catalog: ModelCatalog, settings: DemoSettings):
+        self.catalog = catalog
+        self.settings = settings
+
+    def __call__(self, audio_path: str | None, model_name: str | None, sex: Any = None, age: Any = None,
+                 site: Any = None) -> tuple:
+        patient = PatientFacts.from_inputs(sex, age, site)
+        if not audio_path:
+            return _message("No recording yet", "Record with the microphone or upload a file, then press "
+                            "Screen recording.", code="no-audio").outputs()
+        name = Path(audio_path).name
+        try:
+            return self.analyse(audio_path, model_name, patient).outputs()
+        except StethError as exc:
+            return _message(f"Could not screen {name}", exc.message, fix=exc.fix, code=exc.code,
+                            file=name).outputs()
+        except Exception as exc:  # a public page shows a message, the log keeps the trace
+            log.exception("demo: screening %s failed", name)
+            return _message(f"Could not screen {name}",
+                            f"steth-hub failed unexpectedly ({type(exc).__name__}); the details are in the "
+                            "server's log.", fix="try another recording, or report the problem with the file",
+                            code="internal", file=name).outputs()
+
+    def analyse(self, audio_path: str, model_name: str | None, patient: PatientFacts) -> Analysis:
+        """Decode (within the limits), screen, draw; raises StethError for anything a user can fix."""
+        from steth_hub.audio import decode
+        from steth_hub.screen import screen
+
+        path = Path(audio_path)
+        name = path.name
+        size = path.stat().st_size if path.is_file() else 0
+        if size > self.settings.max_bytes:  # before decoding, whatever Gradio's own limit was
+            raise AudioError(f"the file is {_mib(size)}, above this page's {_mib(self.settings.max_bytes)} limit",
+                             path=name, code="too-large", fix="upload a shorter recording (or a compressed one)")
+        try:
+            recording = decode(path, max_seconds=self.settings.max_seconds, max_bytes=self.settings.max_bytes)
+        except AudioError as exc:
+            if exc.code == "too-long":
+                exc.fix = f"upload at most {self.settings.max_seconds:g} s (cut the recording)"
+            raise
+        model = self.catalog.get(model_name)
+        result = screen(recording, model=model)  # decoding warnings travel with the recording
+        record = _result_record(result, recording, name, model_name or self.catalog.default, model, patient,
+                                self.settings)
+        spectrogram, explanation = self._pictures(recording, model, record)
+        return Analysis(summary=_summary(result, recording, name, record, patient),
+                        warnings=_warnings_text(record["warnings"]),
+                        spectrogram=spectrogram, explanation=explanation, result=record)
+
+    def _pictures(self, recording: "Recording", model: "Classifier", record: dict):
+        """The spectrogram and, when an explainer supports the model, the explanation map.
+
+        Both are extras: when one cannot be drawn the result still stands, and the JSON says why.
+        """
+        from steth_hub.explain import explainers_for
+
+        notes = record.setdefault("notes", [])
+        try:
+            spectrogram = spectrogram_image(recording)
+        except Exception as exc:
+            log.warning("demo: drawing the spectrogram of %s failed: %s", record["source"], exc)
+            spectrogram = None
+            notes.append(f"the spectrogram could not be drawn ({type(exc).__name__})")
+        plugin = getattr(model, "plugin_name", None)
+        if not explainers_for(plugin):
+            record["explanation"] = {"explainer": None, "note": f"no explainer is installed for the {plugin} classifier"}
+            return spectrogram, None
+        try:
+            explanation = explain_recording(recording, model)
+        except Exception as exc:
+            log.warning("demo: explaining %s failed: %s", record["source"], exc)
+            record["explanation"] = {"explainer": None, "note": f"the explanation could not be drawn ({exc})"}
+            return spectrogram, None
+        record["explanation"] = {"explainer": explanation.explainer, "target": explanation.target,
+                                 **explanation.summary()}
+        return spectrogram, png_to_array(explanation.png_bytes())
+
+
+def _result_record(result, recording: "Recording", name: str, model_name: str | None, model: "Classifier",
+                   patient: PatientFacts, settings: DemoSettings) -> dict:
+    """The JSON the page shows (and a user can copy): the screening result plus its context.
+
+    ``source`` is the uploaded file's name, not the server's temporary path.
+    """
+    record = result.to_dict()
+    record.update({
+        "source": name,
+        "selected_model": {"name": model_name, "plugin": getattr(model, "plugin_name", None)},
+        "recording": {"file": name, "duration_s": round(recording.duration, 3),
+                      "sample_rate": recording.original_sample_rate, "channels": recording.channels},
+        "patient": patient.to_dict(),
+        "limits": {"max_seconds": settings.max_seconds, "max_bytes": settings.max_bytes},
+    })
+    return record
+
+
+def _decision_text(result) -> str:
+    if bool(result.decision):
+        return "**screen positive**: sounds like the asthma recordings the model learned from"
+    return "**screen negative**: does not sound like the asthma recordings the model learned from"
+
+
+def _esc(text: Any) -> str:
+    """User-given or file-given text, safe inside Markdown (and a table cell): no HTML, no markup."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return "".join("\\" + c if c in "\\`*_[]|#<>!" else c for c in text)
+
+
+def _summary(result, recording: "Recording", name: str, record: dict, patient: PatientFacts) -> str:
+    probability, threshold = float(result.probability), float(result.threshold)
+    side = "at or above" if result.decision else "below"
+    explained = record.get("explanation") or {}
+    rows = [
+        ("P(asthma)", f"{probability:.2f}"),
+        ("Decision", f"{_decision_text(result)} (P(asthma) {side} the model's threshold {threshold:.2f})"),
+        ("Clips analysed", str(result.n_clips)),
+        ("Model", _esc(f"{record['selected_model']['name']} ({record['selected_model']['plugin']})")),
+        ("Explanation map", f"below, drawn by the {_esc(explained['explainer'])} explainer"
+         if explained.get("explainer") else _esc(f"not shown: {explained.get('note', 'not drawn')}")),
+        ("Recording", _esc(f"{name}: {recording.duration:.1f} s at {recording.original_sample_rate} Hz")),
+        ("Patient facts (not model inputs)", _esc(patient.describe())),
+    ]
+    items = "\n".join(f"- **{key}:** {value}" for key, value in rows)
+    return (f"### Screening result: P(asthma) = {probability:.2f}, "
+            f"{'positive' if result.decision else 'negative'}\n\n{items}\n\n{DISCLAIMER}")
+
+
+def _warnings_text(warnings: list[str]) -> str:
+    if not warnings:
+        return "**Quality:** no warnings."
+    return "**Quality warnings:**\n" + "\n".join(f"- {_esc(w)}" for w in warnings)
+
+
+def _message(title: str, message: str, *, fix: str | None = None, code: str = "error",
+             file: str | None = None) -> Analysis:
+    text = f"### {_esc(title)}\n\n{_esc(message)}"
+    if fix:
+        text += f"\n\n**What to do:** {_esc(fix)}"
+    error = {"code": code, "message": message, "fix": fix, "file": file}
+    return Analysis(summary=text + f"\n\n{DISCLAIMER}", result={"error": error})
+
+
+# --------------------------------------------------------------------------- pictures
+def spectrogram_image(recording: "Recording") -> "np.ndarray":
+    """The three-window log-mel of the whole recording: 3 stacked panels, time in s, frequency in Hz."""
+    from steth_hub.features import MultiWindowLogMel
+
+    extractor = MultiWindowLogMel()  # 25/100/175 ms, 128 mel bands over 0-8 kHz (resamples to its rate)
+    mel = extractor(recording.samples[None, :], recording.sample_rate)[0].cpu().numpy()
+    return _draw_panels(mel, [f"{w:g} ms window" for w in extractor.windows_ms], recording.duration,
+                        extractor.f_min, extractor.f_max, colorbar="dB",
+                        title="Log-mel spectrogram (the three windows the models use)")
+
+
+def _draw_panels(images: "np.ndarray", titles: list[str], duration: float, f_min: float, f_max: float, *,
+                 colorbar: str, title: str) -> "np.ndarray":
+    """Stacked mel-frequency panels as an RGB array; the y axis is labelled in Hz on the mel scale."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from steth_hub.explain import hz_to_mel  # the Slaney scale the features' filterbank uses
+
+    n_mels = images.shape[-2]
+    ticks_hz = [f for f in (0, 250, 500, 1000, 2000, 4000, 8000, 16000) if f_min <= f <= f_max]
+    mel_lo, mel_hi, *mels = hz_to_mel(np.asarray([f_min, f_max, *ticks_hz], dtype=np.float64)).tolist()
+    ticks = [(m - mel_lo) / (mel_hi - mel_lo) * n_mels for m in mels]
+    fig = Figure(figsize=(8, 2.0 * len(images) + 0.7), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(images), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, image, panel in zip(axes, images, titles):
+        shown = ax.imshow(image, origin="lower", aspect="auto", cmap="magma",
+                          extent=(0.0, duration, 0.0, float(n_mels)))
+        ax.set_yticks(ticks, [f"{f:g}" for f in ticks_hz])
+        ax.set_ylabel("Hz")
+        ax.set_title(panel, fontsize=9, loc="left")
+        fig.colorbar(shown, ax=ax, label=colorbar, pad=0.01)
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(title, fontsize=11)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def explain_recording(recording: "Recording", model: "Classifier"):
+    """:func:`steth_hub.explain.explain` for this recording and model (the default explainer of its plugin)."""
+    from steth_hub.explain import explain
+
+    return explain(recording, model=model)
+
+
+def png_to_array(png: bytes) -> "np.ndarray":
+    """PNG bytes as an RGB uint8 array (what ``gr.Image(type="numpy")`` shows)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB")).copy()
+
+
+# --------------------------------------------------------------------------- examples
+def example_rows() -> list[tuple[str, str, str, float | None, str]]:
+    """``(label, path, sex, age, site)`` for each example recording shipped with the package.
+
+    The label names the source and the known diagnosis so a visitor can compare; sex, age and
+    site come from the file name (KAUH) and fill the patient facts.
+    """
+    rows = []
+    for path in sorted(EXAMPLES_DIR.glob("*/*.wav")):
+        sex, age, site, diagnosis = "", None, "", None
+        try:
+            if path.parent.name == "kauh":
+                from steth_hub.corpus.diagnosis import normalise_diagnosis
+                from steth_hub.corpus.kauh import parse_kauh_name
+
+                meta = parse_kauh_name(path.name)
+                sex, age, site = meta["sex"] or "", meta["age"], meta["site"] or ""
+                diagnosis = normalise_diagnosis(meta["diagnosis"])
+            elif path.parent.name == "icbhi":
+                from steth_hub.corpus.diagnosis import normalise_diagnosis
+                from steth_hub.corpus.icbhi import parse_icbhi_name, read_diagnoses
+
+                meta = parse_icbhi_name(path.name)
+                site = meta["site"] or ""
+                diagnosis = normalise_diagnosis(read_diagnoses(path.parent / "patient_diagnosis.csv")
+                                                .get(meta["patient"], "") or "") or None
+        except (ImportError, ValueError, StethError) as exc:  # an odd name still gives an example
+            log.debug("example %s: %s", path.name, exc)
+        facts = PatientFacts(sex=sex or None, age=age, site=site or None).describe()
+        label = f"{path.parent.name.upper()}: {diagnosis or 'diagnosis unknown'} ({facts})"
+        rows.append((label, str(path), sex, age, site))
+    return rows
+
+
+# --------------------------------------------------------------------------- the app
+def build_app(models: Sequence[Any] | Mapping[str, Any] | None = None, *,
+              max_seconds: float = DEFAULT_MAX_SECONDS, max_bytes: int = DEFAULT_MAX_BYTES,
+              concurrency: int = DEFAULT_CONCURRENCY, queue_size: int = DEFAULT_QUEUE_SIZE,
+              keep_uploads_s: int = DEFAULT_KEEP_UPLOADS_S, examples: bool = True) -> "gr.Blocks":
+    """Build the demo page.
+
+    Args:
+        models: the models to offer: Hub names, model folders or loaded classifiers (a mapping
+            gives them names). Default: the embedded ``steth/ast-asthma``.
+        max_seconds: the longest recording accepted (checked from the header, before decoding).
+        max_bytes: the largest upload accepted (checked before decoding).
+        concurrency: requests screened at once; the rest wait in the queue.
+        queue_size: requests allowed to wait; more are told the queue is full.
+        keep_uploads_s: uploaded recordings are deleted after this many seconds.
+        examples: list the example recordings shipped with steth-hub (one click screens one).
+
+    Returns:
+        A ``gr.Blocks`` with its queue configured; serve it with :func:`launch`. Its screening
+        endpoint is ``/screen`` (``gradio_client``: ``api_name="/screen"``).
+    """
+    import gradio as gr
+
+    settings = DemoSettings(max_seconds=float(max_seconds), max_bytes=int(max_bytes), concurrency=int(concurrency),
+                            queue_size=int(queue_size), keep_uploads_s=int(keep_uploads_s))
+    catalog = ModelCatalog(models)
+    screener = Screener(catalog, settings)
+    classifiers = installed_plugins("classifier")
+    explainers = installed_plugins("explainer")
+
+    with gr.Blocks(title="steth-hub demo", analytics_enabled=False,
+                   delete_cache=(min(600, settings.keep_uploads_s), settings.keep_uploads_s)) as app:
+        gr.Markdown(f"# {TITLE}\n\n{DISCLAIMER}", elem_id="steth-disclaimer")
+        with gr.Row():
+            with gr.Column(scale=1) as left:
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", format=None,
+                                 label="Breath sound (record or upload)", elem_id="steth-audio")
+                gr.Markdown(settings.describe(), elem_id="steth-limits")
+                with gr.Accordion("Patient facts (optional)", open=False):
+                    gr.Markdown(PATIENT_NOTE)
+                    sex = gr.Dropdown(choices=[("not given", ""), ("female", "F"), ("male", "M")], value="",
+                                      label="Sex")
+                    age = gr.Number(value=None, minimum=0, maximum=130, label="Age (years)")
+                    site = gr.Textbox(value="", max_lines=1, max_length=40, label="Recording site",
+                                      placeholder="e.g. P R M (posterior right middle), Tc (trachea)")
+                model = gr.Dropdown(choices=catalog.choices(), value=catalog.default, label="Model",
+                                    elem_id="steth-model")
+                gr.Markdown(f"Installed classifier plugins: {', '.join(classifiers) or 'none'}. "
+                            f"Installed explainers: {', '.join(explainers) or 'none'}.",
+                            elem_id="steth-plugins")
+                button = gr.Button("Screen recording", variant="primary", elem_id="steth-run")
+            with gr.Column(scale=2):
+                summary = gr.Markdown("Record or upload a breath sound, then press **Screen recording**.",
+                                      elem_id="steth-result")
+                warnings = gr.Markdown("", elem_id="steth-warnings")
+                spectrogram = gr.Image(label="spectrogram", show_label=False, type="numpy", interactive=False,
+                                       elem_id="steth-spectrogram")
+                explanation = gr.Image(label="explanation", show_label=False, type="numpy", interactive=False,
+                                       visible=False, elem_id="steth-explanation")
+                with gr.Accordion("Result as JSON", open=False):
+                    result = gr.JSON(label="result", elem_id="steth-json")
+
+        def screen_recording(recording, model_name, sex, age, site):
+            """Screen the uploaded recording; the map's box shows only when there is a map."""
+            summary_, warnings_, spectrogram_, explanation_, result_ = screener(recording, model_name, sex, age, site)
+            return (summary_, warnings_, spectrogram_,
+                    gr.Image(value=explanation_, visible=explanation_ is not None), result_)
+
+        inputs = [audio, model, sex, age, site]
+        outputs = [summary, warnings, spectrogram, explanation, result]
+        button.click(screen_recording, inputs=inputs, outputs=outputs, api_name="screen")
+        rows = example_rows() if examples else []
+        if rows:
+            with left:  # under the button, filled in once the outputs exist
+                shown = gr.Examples(examples=[list(row[1:]) for row in rows], inputs=[audio, sex, age, site],
+                                    example_labels=[row[0] for row in rows], examples_per_page=len(rows),
+                                    label="Example recordings: one click screens one (the label gives the "
+                                          "known diagnosis)")
+            shown.load_input_event.then(screen_recording, inputs=inputs, outputs=outputs, api_visibility="private")
+    app.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    app.steth_settings = settings  # read by launch()
+    app.steth_catalog = catalog
+    return app
+
+
+def launch(app: "gr.Blocks | None" = None, *, host: str | None = "127.0.0.1", port: int | None = None,
+           share: bool = False, prevent_thread_lock: bool = False, quiet: bool = False, **build_kwargs: Any):
+    """Serve the demo (building it with ``build_kwargs`` when ``app`` is None).
+
+    ``host`` None lets Gradio choose (``GRADIO_SERVER_NAME``, else 127.0.0.1), which is what a
+    Hugging Face Space needs. Uploads above the app's ``max_bytes`` are refused by Gradio itself;
+    no path is allowed beyond Gradio's own cache (uploads, outputs, the examples copied at build
+    time); run history, the MCP server, PWA and server-side rendering are off. Returns what
+    ``gr.Blocks.launch`` returns (with ``prevent_thread_lock=True``: it serves until ``app.close()``).
+    """
+    if app is None:
+        app = build_app(**build_kwargs)
+    elif build_kwargs:
+        raise TypeError(f"pass build options ({', '.join(build_kwargs)}) to build_app, not with an app")
+    settings: DemoSettings = getattr(app, "steth_settings", DemoSettings())
+    return app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
+                      quiet=quiet, show_error=False, allowed_paths=[],
+                      max_file_size=settings.max_bytes, ssr_mode=False, mcp_server=False, pwa=False,
+                      footer_links=["api", "gradio"], run_history=False)
