@@ -1,0 +1,198 @@
+"""steth_hub.card: cards generated from steth.json and a real evaluation report, with valid Hub metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from steth_hub.card import evaluation_summary, render_card, summarise_training_data, write_card
+from steth_hub.cli import main
+from steth_hub.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def example_corpus(tmp_path_factory, examples_dir):
+    """The KAUH example recordings shipped with the package, imported as a corpus."""
+    from steth_hub.corpus import import_corpus, load_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "kauh-examples"
+    import_corpus("kauh", examples_dir / "kauh", out, n_folds=2, progress=False)
+    return load_corpus(out)
+
+
+@pytest.fixture(scope="module")
+def real_evaluation(tmp_path_factory, shared_data) -> Path:
+    """evaluation.json of a real patient-grouped cross-validation: the MFCC + logistic-regression
+    classifier on 20 KAUH patients (10 asthma, 10 normal; one bell recording each, two 4 s clips)."""
+    import numpy as np
+
+    from steth_hub.audio import decode
+    from steth_hub.clips import Clip, ClipSet
+    from steth_hub.corpus import asthma_label, normalise_diagnosis
+    from steth_hub.corpus.kauh import parse_kauh_name
+    from steth_hub.evaluate import cross_validate_clips
+
+    chosen: dict[str, dict[str, tuple]] = {"asthma": {}, "normal": {}}
+    for path in sorted((shared_data / "kauh").glob("BP*.wav")):
+        meta = parse_kauh_name(path.name)
+        diagnosis = normalise_diagnosis(meta["diagnosis"])
+        if diagnosis in chosen and len(chosen[diagnosis]) < 10:
+            chosen[diagnosis].setdefault(meta["patient_id"], (path, meta, asthma_label(diagnosis)))
+    clips, labels, patients = [], [], []
+    for path, meta, label in [v for group in chosen.values() for v in group.values()]:
+        samples = decode(path).resampled(4000).samples
+        for i in range(2):
+            clips.append(Clip(samples[i * 16000:(i + 1) * 16000], 4000, meta["recording_id"], 4.0 * i, i))
+            labels.append(label)
+            patients.append(meta["patient_id"])
+    assert len(set(patients)) == 20 and int(np.sum(labels)) == 20
+    out = tmp_path_factory.mktemp("evaluation")
+    cross_validate_clips(ClipSet.from_clips(clips, labels, patients), {"name": "mfcc-card", "classifier": "mfcc-logreg"},
+                         n_folds=3, out_dir=out, baseline=False, n_bootstrap=200, progress=False)
+    return out / "evaluation.json"
+
+
+@pytest.fixture
+def model_dir(tmp_path, example_corpus) -> Path:
+    """A model folder's steth.json (the card needs nothing else), with the real training-data summary."""
+    folder = tmp_path / "mfcc-card"
+    folder.mkdir()
+    meta = {"plugin": "mfcc-logreg", "threshold": 0.4321, "sample_rate": 4000,
+            "preset": {"name": "excerpt-10s", "steps": [["resample", {"sample_rate": 4000}]]},
+            "labels": ["not_asthma", "asthma"], "steth_hub_version": "0.1.0", "distribution": "steth-hub",
+            "training": {"experiment": "mfcc-card", "epochs": 1, "recipe": {"C": 1.0},
+                         "data": summarise_training_data(example_corpus.dataset)}}
+    (folder / "steth.json").write_text(json.dumps(meta))
+    return folder
+
+
+def front_matter(text: str) -> dict:
+    """The card's YAML metadata as huggingface_hub parses it."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard(text).data.to_dict()
+
+
+# --------------------------------------------------------------------------- tests
+def test_training_data_summary_counts_patients_and_recordings(example_corpus):
+    # the five KAUH examples: BP64 asthma 60 M, DP72 normal 24 F, EP13 heart failure 55 M,
+    # EP32 normal 30 M, EP38 asthma 38 M - one recording per patient
+    data = summarise_training_data(example_corpus.dataset)
+    assert data["n_patients"] == 5 and data["n_recordings"] == 5
+    assert data["labels"] == {"patients": {"asthma": 2, "not_asthma": 3}, "recordings": {"asthma": 2, "not_asthma": 3}}
+    assert data["sex"] == {"F": 1, "M": 4}
+    assert data["age_bands"] == {"18-39": 3, "40-59": 1, "60-79": 1}
+    assert data["age_range"] == [24.0, 60.0]
+    assert data["sources"] == {"kauh": 5}
+    assert data["devices"] == {"kauh-bell": 1, "kauh-diaphragm": 1, "kauh-extended": 3}
+    assert data["diagnoses"] == {"asthma": 2, "heart failure": 1, "normal": 2}
+
+
+def test_card_from_a_real_evaluation_carries_its_numbers_and_valid_hub_metadata(model_dir, real_evaluation):
+    from huggingface_hub import ModelCard
+
+    from steth_hub.evaluate import format_value
+
+    report = json.loads(real_evaluation.read_text())
+    text = render_card(model_dir, real_evaluation)
+    patient = report["model"]["levels"]["patient"]
+    for metric in ("auroc", "sensitivity", "specificity", "youden_j", "accuracy"):
+        assert format_value(patient[metric]) in text  # e.g. "0.80 [0.57, 0.97]" from the report
+    for level in ("recording", "clip"):
+        assert format_value(report["model"]["levels"][level]["auroc"]) in text
+    assert report["method"] in text and "200 resamples" in text
+
+    meta = front_matter(text)
+    assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "audio-classification"
+    assert {"audio-classification", "medical", "respiratory-sounds", "asthma", "steth-hub"} <= set(meta["tags"])
+    assert meta["datasets"] == ["kauh-lung-sounds"]
+    card = ModelCard(text)
+    results = {(r.task_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("Asthma screening (patient level)", "roc_auc")] == pytest.approx(patient["auroc"]["value"], abs=1e-4)
+    assert results[("Asthma screening (patient level)", "recall")] == pytest.approx(patient["sensitivity"]["value"],
+                                                                                     abs=1e-4)
+    assert len([k for k in results if k[0].startswith("Asthma screening (clip")]) == 5
+
+    # the sections a card must have, and what it must say
+    for heading in ("## What it is", "## Intended use", "## Out-of-scope use", "## Training data",
+                    "## Evaluation", "## Limitations and biases", "## How to use", "## Citation"):
+        assert heading in text
+    assert text.count("Screening support, not a diagnosis") >= 2
+    assert "0.432" in text  # the threshold from steth.json
+    assert "24–60 years" in text  # the training ages from the data summary
+    assert "never** a model input" in text and "Sample-rate confound" in text
+
+
+def test_a_model_without_evaluation_is_marked_not_evaluated(model_dir):
+    text = render_card(model_dir)
+    assert "**Not evaluated.**" in text
+    meta = front_matter(text)
+    assert "model-index" not in meta  # no invented numbers
+    assert "AUROC" not in text
+
+
+def test_baseline_and_gap_come_from_the_report(model_dir, real_evaluation):
+    from steth_hub.evaluate import format_value
+
+    report = json.loads(real_evaluation.read_text())
+    # the same real results presented as a second contender and its gap, as a report with a baseline has them
+    report["baseline"] = dict(report["model"], name="mfcc-logreg (baseline)")
+    report["gap"] = {"patient": {"auroc": 0.0, "auroc_paired": {"value": 0.0, "low": -0.05, "high": 0.05}}}
+    summary = evaluation_summary(report)
+    assert summary["baseline"]["name"] == "mfcc-logreg (baseline)"
+    text = render_card(model_dir, report)
+    assert "| metric | mfcc-card | mfcc-logreg (baseline) |" in text
+    row = [line for line in text.splitlines() if line.startswith("| AUROC |")][0]
+    assert row.count(format_value(report["model"]["levels"]["patient"]["auroc"])) == 2
+    assert "AUROC +0.00 [-0.05, 0.05]" in text
+
+
+def test_steth_card_writes_readme_atomically_and_copies_it(model_dir, real_evaluation, tmp_path):
+    cards = tmp_path / "model_cards"
+    cards.mkdir()
+    result = CliRunner().invoke(main, ["card", str(model_dir), "--evaluation", str(real_evaluation),
+                                       "--compare", str(real_evaluation), "--copy-to", str(cards)])
+    assert result.exit_code == 0, result.output
+    readme = (model_dir / "README.md").read_text()
+    assert readme == (cards / "mfcc-card.md").read_text()
+    assert "### Comparison (patient level, same folds)" in readme
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+    # a bad evaluation file: a clear error, and the card already there is left as it was
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = CliRunner().invoke(main, ["card", str(model_dir), "--evaluation", str(broken)])
+    assert result.exit_code == 2 and "broken.json" in result.output and "steth evaluate" in result.output
+    assert (model_dir / "README.md").read_text() == readme
+    with pytest.raises(ConfigError):
+        write_card(model_dir, broken)
+
+
+def test_evaluation_json_beside_the_model_is_used_by_default(model_dir, real_evaluation):
+    (model_dir / "evaluation.json").write_text(real_evaluation.read_text())
+    assert "**Not evaluated.**" not in render_card(model_dir)
+    assert "evaluation.json" in render_card(model_dir).splitlines()[-2]
+
+
+def test_the_model_cards_template_is_the_packaged_one():
+    linked = REPO / "model_cards" / "model_card.md.j2"
+    packaged = REPO / "steth_hub" / "templates" / "model_card.md.j2"
+    assert linked.read_text() == packaged.read_text()
+
+
+def test_shipped_model_cards_match_their_models():
+    from steth_hub.hub import EMBEDDED
+
+    folder = EMBEDDED["steth/ast-asthma"]
+    shipped = REPO / "model_cards" / "ast-asthma.md"
+    if not (folder / "steth.json").is_file():
+        pytest.skip("the embedded model is not trained yet, so it has no card")
+    assert shipped.is_file(), "generate it: steth card steth_hub/models/ast-asthma --copy-to model_cards/"
+    assert shipped.read_text() == (folder / "README.md").read_text()
+    assert shipped.read_text() == render_card(folder)  # regenerated, never edited by hand
