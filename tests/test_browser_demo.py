@@ -26,6 +26,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
+    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),  # pandas 3 deprecations inside gradio
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                        "(apt-get install chromium; .ci/run installs it)"),
 ]

@@ -68,6 +68,42 @@ def test_a_real_recording_gets_the_screening_result_of_steth_hub_screen(screener
     json.dumps(record)  # the JSON output is plain JSON
 
 
+def make_tiny_ast():
+    """A tiny, randomly initialised AST built with the registered ``ast`` plugin, with the default preset."""
+    torch = pytest.importorskip("torch")
+    from transformers import ASTConfig, ASTForAudioClassification
+
+    from steth_hub.preprocess import load_preset
+    from steth_hub.registry import get_registry
+
+    torch.manual_seed(0)
+    config = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       patch_size=16, frequency_stride=16, time_stride=16, max_length=500, num_mel_bins=128,
+                       num_labels=2, id2label={0: "not_asthma", 1: "asthma"}, label2id={"not_asthma": 0, "asthma": 1})
+    cls = get_registry().get("classifier", "ast").load()
+    return cls(model_config=config.to_dict(), net=ASTForAudioClassification(config).eval(), mean=-6.5, std=4.2,
+               sample_rate=16000, threshold=0.5, preset=load_preset().to_dict())
+
+
+@pytest.mark.slow
+def test_the_explainer_map_is_shown_when_an_explainer_supports_the_model():
+    from steth_hub.explain import explain
+    from steth_hub.registry import get_registry
+
+    if "attention" not in get_registry().names("explainer"):
+        pytest.skip("the attention explainer is not installed")
+    model = make_tiny_ast()
+    screener = demo.Screener(demo.ModelCatalog({"tiny-ast": model}), demo.DemoSettings())
+    summary, _, spectrogram, picture, record = screener(str(ASTHMA_WAV), "tiny-ast")
+    expected = explain(ASTHMA_WAV, model=model)
+    assert record["explanation"]["explainer"] == expected.explainer == "attention"
+    assert record["explanation"]["peak"] == expected.summary()["peak"]
+    assert record["probability"] == pytest.approx(expected.probability)
+    assert "drawn by the attention explainer" in summary
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.std() > 10
+    assert picture.shape[0] > 300 and picture.shape[1] > 600  # the explainer's full picture, not a thumbnail
+
+
 def test_the_page_tells_an_asthma_recording_from_a_normal_one(screener):
     asthma = screener(str(ASTHMA_WAV), "tiny")[4]
     normal = screener(str(NORMAL_WAV), "tiny")[4]
