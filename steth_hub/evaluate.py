@@ -324,8 +324,13 @@ def cross_validate_clips(clips, experiment, *, folds: Mapping[str, int] | None =
         train, valid = clips.for_patients(train_p), clips.for_patients(valid_p)
         scored = clip_folds == k
         test = clips.subset(scored)
-        fold_records.append({"fold": int(k), "patients": {"train": train_p, "valid": valid_p, "test": test_p},
-                             "clips": {"train": len(train), "valid": len(valid), "test": len(test)}})
+        record = {"fold": int(k), "patients": {"train": train_p, "valid": valid_p, "test": test_p},
+                  "clips": {"train": len(train), "valid": len(valid), "test": len(test)}, "warnings": []}
+        if len(set(valid.labels.tolist())) < 2:
+            record["warnings"].append(f"the validation patients have one label only: the threshold fell back to "
+                                      f"{metrics.FALLBACK_THRESHOLD}")
+            say(f"fold {k}: warning: {record['warnings'][-1]}")
+        fold_records.append(record)
         for c in contenders:
             say(f"fold {i + 1}/{len(fold_ids)}: {c.name}: training on {len(train_p)} patients ({len(train)} clips), "
                 f"validating on {len(valid_p)}, scoring {len(test_p)} ({len(test)} clips)")
