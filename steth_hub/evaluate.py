@@ -597,9 +597,10 @@ def load_report(path: str | os.PathLike) -> dict:
 def comparison_table(reports: Iterable[Mapping | str | os.PathLike], level: str = "patient") -> str:
     """Markdown table of several runs at one level (default patient), with intervals.
 
-    One row per run's model, then the MFCC baseline once per distinct set of folds (a
-    baseline scored on the same folds and preset in several runs is the same
-    measurement). A quick run is marked in its row.
+    One row per run's model, then the MFCC baseline once per distinct (folds, preset) pair:
+    a baseline scored on the same folds and clips in several runs is the same measurement;
+    where runs differ, each baseline row names the run it stood beside. A quick run is
+    marked in its row.
     """
     loaded = [load_report(r) if not isinstance(r, Mapping) else r for r in reports]
     rows: list[tuple[str, Mapping]] = []
@@ -614,7 +615,7 @@ def comparison_table(reports: Iterable[Mapping | str | os.PathLike], level: str 
             baselines.setdefault(key, (str(report["model"]["name"]), report["baseline"]))
     for run_name, base in baselines.values():
         name = "MFCC + logistic regression (baseline)"
-        rows.append((name + (f", on the folds of {run_name}" if len(baselines) > 1 else ""), base))
+        rows.append((name + (f", beside {run_name}" if len(baselines) > 1 else ""), base))
     header = ["model"] + [METRIC_NAMES[m] for m in metrics.METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in rows:
