@@ -14,8 +14,8 @@ A model is named by a folder or by a Hugging Face Hub repo id:
 The folder then loads through :func:`steth_hub.classifier.load_classifier`: ``steth.json`` names the
 classifier plugin and the registry finds its class (never an import path taken from a file). A plain
 transformers Audio Spectrogram Transformer checkpoint without ``steth.json`` (anyone's fine-tuned AST
-with the labels ``not_asthma``/``asthma``) is *adopted* as the ``ast`` plugin with threshold 0.5 and the
-plugin's default preprocessing, with a warning, because nothing says how it was trained.
+with the labels ``not_asthma``/``asthma``) is *adopted* as the ``ast`` plugin with threshold 0.5 and
+steth-hub's default preprocessing preset, with a warning, because nothing says how it was trained.
 
 Publishing stages the model's safe files plus a freshly generated model card (``README.md``, see
 :mod:`steth_hub.card`) in a temporary folder and sends them to the Hub in ONE commit.
@@ -278,8 +278,9 @@ def _adopted_folder(folder: Path) -> Iterator[Path]:
     meta = adoption_metadata(folder)
     warnings.warn(
         f"{folder} has no steth.json: adopting it as a plain AST checkpoint with threshold "
-        f"{meta['threshold']} and the ast plugin's default preprocessing; its screening behaviour is not "
-        "the one it was trained with unless those match. Save it with steth-hub to record them.",
+        f"{meta['threshold']} and steth-hub's default preprocessing preset {meta['preset'].get('name')!r}; its "
+        "screening behaviour is not the one it was trained with unless those match. Save it with steth-hub "
+        "to record them.",
         UserWarning, stacklevel=3,
     )
     tmp = Path(tempfile.mkdtemp(prefix="steth-adopt-"))
@@ -328,7 +329,9 @@ def adoption_metadata(folder: str | os.PathLike) -> dict:
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
         sample_rate = int(_read_json(pre).get("sampling_rate", sample_rate))
-    return {"plugin": AST_PLUGIN, "threshold": 0.5, "sample_rate": sample_rate, "preset": {},
+    from steth_hub.preprocess import load_preset
+
+    return {"plugin": AST_PLUGIN, "threshold": 0.5, "sample_rate": sample_rate, "preset": load_preset(None).to_dict(),
             "labels": ["not_asthma", "asthma"], "adopted": True,
             "training": {"note": "plain transformers checkpoint adopted without steth.json: training unknown"}}
 

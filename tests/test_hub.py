@@ -8,6 +8,7 @@ of the real example recordings. Nothing reaches the network: the Hub is tests/fa
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 import subprocess
@@ -237,6 +238,7 @@ def test_a_plain_transformers_ast_checkpoint_is_adopted_with_a_warning(tiny_mode
         model = hub.from_pretrained(tiny_dir)
     assert model.plugin_name == "ast" and model.threshold == 0.5
     assert model.metadata.get("adopted") is True
+    assert model.preset["name"] == "excerpt-10s" and model.preset["steps"]  # the default preset, written out
     np.testing.assert_allclose(model.predict_proba(clips), tiny_model.predict_proba(clips), rtol=1e-6, atol=1e-7)
     assert sorted(p.name for p in tiny_dir.iterdir()) == ["config.json", "model.safetensors",
                                                           "preprocessor_config.json"]  # untouched
@@ -380,11 +382,33 @@ def test_steth_screen_with_the_default_model_name_offline(example_wavs, tmp_path
         pytest.skip("`steth screen` is not there yet (steth_hub/commands/screen.py)")
     if not (hub.EMBEDDED[hub.DEFAULT_MODEL] / STETH_METADATA).is_file():
         pytest.skip("the embedded model steth/ast-asthma is not trained yet")
-    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache")}  # the suite runs with HF_HUB_OFFLINE=1
     result = CliRunner(env=env).invoke(main, ["screen", str(example_wavs[0]), "--model", "steth/ast-asthma",
                                               "--json"])
     assert result.exit_code == 0, result.output
     assert "asthma" in result.output
+
+
+def test_steth_screen_resolves_the_default_name_offline_with_an_empty_cache(hf_cache, tmp_path, example_wavs,
+                                                                           monkeypatch):
+    """`steth screen --model steth/ast-asthma` goes through the embedded alias (a tiny stand-in model here)."""
+    from click.testing import CliRunner
+
+    from steth_hub.cli import COMMANDS, _available, main
+    from steth_hub.preprocess import load_preset
+
+    if not _available(COMMANDS["screen"][0]):
+        pytest.skip("`steth screen` is not there yet (steth_hub/commands/screen.py)")
+    model = make_tiny_ast()
+    model.preset = load_preset("excerpt-10s").to_dict()
+    monkeypatch.setitem(hub.EMBEDDED, hub.DEFAULT_MODEL, model.save_pretrained(tmp_path / "stand-in"))
+    # screen keeps loaded models per name for the process: give this test its own, so the stand-in
+    # neither meets an earlier test's model nor outlives this test
+    monkeypatch.setattr(importlib.import_module("steth_hub.screen"), "_MODEL_CACHE", {})
+    result = CliRunner().invoke(main, ["screen", str(example_wavs[0]), "--model", "steth/ast-asthma", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"probability"' in result.output and '"threshold": 0.37' in result.output
+    assert list(hf_cache.iterdir()) == []
 
 
 def test_importing_the_hub_modules_stays_light():
