@@ -227,21 +227,41 @@ def comparison_markdown(comparison: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------- the card
+def _training_data(training: Mapping) -> tuple[dict, list[str]]:
+    """The training-data facts of ``steth.json``: ``training["data"]`` (:func:`summarise_training_data`)
+    when present, else the counts that ``steth train`` records (``training["corpus"]``, its
+    ``corpus.json`` info and the label counts). Returns ``(data, source names)``."""
+    data = training.get("data")
+    if isinstance(data, Mapping):
+        return dict(data), []
+    corpus = training.get("corpus") if isinstance(training.get("corpus"), Mapping) else {}
+    info = corpus.get("info") if isinstance(corpus.get("info"), Mapping) else {}
+    kinds = info.get("kinds") or ([info["source"]] if info.get("source") in SOURCES else [])
+    data = {}
+    patients, recordings = corpus.get("patients_by_label"), corpus.get("recordings_by_label")
+    if isinstance(patients, Mapping) and isinstance(recordings, Mapping):
+        data["labels"] = {"patients": dict(patients), "recordings": dict(recordings)}
+        data["n_patients"], data["n_recordings"] = sum(patients.values()), sum(recordings.values())
+    return data, [str(k) for k in kinds]
+
+
 def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str | None = None,
                  comparison: Any = None, repo_id: str | None = None) -> dict:
     """Everything the template shows, from ``steth.json`` and the evaluation report only."""
     training = meta.get("training") if isinstance(meta.get("training"), Mapping) else {}
-    data = training.get("data") if isinstance(training.get("data"), Mapping) else {}
+    data, source_keys = _training_data(training)
     summary = evaluation_summary(evaluation)
     if summary is None and isinstance(meta.get("evaluation"), Mapping):
         summary = evaluation_summary(meta["evaluation"])
     if summary is not None and comparison is not None:
         summary["comparison"] = comparison_markdown(comparison)
-    sources = sorted((data.get("sources") or {}).keys()) or sorted(
-        str(s) for s in (training.get("sources") or []) if isinstance(s, str))
+    sources = sorted((data.get("sources") or {}).keys()) or source_keys
     preset = meta.get("preset") if isinstance(meta.get("preset"), Mapping) else {}
     recipe = training.get("recipe") if isinstance(training.get("recipe"), Mapping) else None
-    model_name = name or meta.get("name") or training.get("experiment") or meta.get("plugin") or "steth-hub model"
+    experiment = training.get("experiment")
+    if isinstance(experiment, Mapping):
+        experiment = experiment.get("name")
+    model_name = name or meta.get("name") or experiment or meta.get("plugin") or "steth-hub model"
     return {
         "name": str(model_name),
         "usage_name": repo_id or ("steth/ast-asthma" if model_name == "ast-asthma" else "path/to/model-folder"),
@@ -256,8 +276,8 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "preset_json": json.dumps(preset, indent=2, ensure_ascii=False, default=str) if preset else None,
         "recipe_json": json.dumps(recipe, indent=2, ensure_ascii=False, default=str) if recipe else None,
         "epochs": training.get("epochs"),
-        "threshold_method": training.get("threshold_method"),
-        "experiment": training.get("experiment"),
+        "threshold_method": training.get("threshold_method") or training.get("threshold_from"),
+        "experiment": experiment,
         "data": data,
         "sources": [{"key": s, **SOURCES.get(s, {"name": s, "citation": None, "license": None})} for s in sources],
         "age_range": data.get("age_range"),
