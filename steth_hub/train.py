@@ -28,6 +28,8 @@ The classifier protocol (implemented by ``steth_builtin.ast_model`` and ``steth_
 
 ``featurise(waveforms, sample_rate) -> torch.Tensor``
     raw (unnormalised) features of a batch of clips;
+``feature_signature(sample_rate, n_samples)``
+    what the features depend on besides the samples (the cache key);
 ``fit_normalisation(features)``
     learn the normalisation from training features (stored in the saved model);
 ``normalise(features) -> torch.Tensor``
@@ -39,7 +41,7 @@ The classifier protocol (implemented by ``steth_builtin.ast_model`` and ``steth_
 ``feature_axes -> {"time": int, "freq": int}``
     which axes of a feature batch are time and frequency (for the masks);
 ``set_trained_module(module)``
-    take the trained (best) weights back;
+    take the trained (best) weights back (and finish whatever training-only state it keeps);
 ``predict_features(features) -> np.ndarray``
     P(asthma) per clip for normalised features (used for the threshold).
 
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -159,14 +162,44 @@ def class_weights(labels: np.ndarray, setting: Any = "balanced") -> np.ndarray:
 
 
 def featurise_clipset(classifier, clips, batch_size: int = 64):
-    """Raw features of every clip of a ClipSet, batch by batch, as one CPU tensor."""
+    """Raw features of every clip of a ClipSet, batch by batch, as one CPU tensor (cached per clip)."""
     import torch
 
     parts = []
     for start in range(0, len(clips), batch_size):
-        batch = clips.waveforms[start:start + batch_size]
-        parts.append(classifier.featurise(batch, clips.sample_rate).float().cpu())
+        parts.append(cached_features(classifier, clips.waveforms[start:start + batch_size], clips.sample_rate))
     return torch.cat(parts)
+
+
+#: raw features of clips seen in this process: (featuriser signature, clip hash) -> CPU tensor.
+#: Cross-validation featurises every clip once instead of once per fold and per prediction.
+_FEATURE_CACHE: dict = {}
+_FEATURE_CACHE_BYTES = [0]
+FEATURE_CACHE_LIMIT = 2 * 1024**3
+
+
+def cached_features(classifier, waveforms, sample_rate: int):
+    """``classifier.featurise`` with a per-clip memory cache keyed by the featuriser's settings and the samples."""
+    import hashlib
+
+    import torch
+
+    waveforms = np.ascontiguousarray(waveforms, dtype=np.float32)
+    signature = repr(classifier.feature_signature(int(sample_rate), waveforms.shape[-1]))
+    keys = [(signature, hashlib.sha1(w.tobytes()).hexdigest()) for w in waveforms]
+    missing = [i for i, k in enumerate(keys) if k not in _FEATURE_CACHE]
+    if missing:
+        fresh = classifier.featurise(waveforms[missing], sample_rate).float().cpu()
+        if _FEATURE_CACHE_BYTES[0] + fresh.numel() * 4 > FEATURE_CACHE_LIMIT:
+            _FEATURE_CACHE.clear()
+            _FEATURE_CACHE_BYTES[0] = 0
+        for j, i in enumerate(missing):
+            _FEATURE_CACHE[keys[i]] = fresh[j].clone()
+        _FEATURE_CACHE_BYTES[0] += fresh.numel() * 4
+        got = {i: fresh[j] for j, i in enumerate(missing)}
+    else:
+        got = {}
+    return torch.stack([got[i] if i in got else _FEATURE_CACHE[k] for i, k in enumerate(keys)])
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -387,9 +420,10 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
     weights = class_weights(train.labels, recipe.get("class_weight", "balanced"))
     args, notes = training_arguments(recipe, out_dir, has_valid=valid_x is not None, cuda=cuda)
     for note in notes:
-        log.warning("%s", note)
         if "CUDA" in note or "early stopping" in note:
             print(f"note: {note}")
+        else:
+            log.info("%s", note)
     set_seed(seed)  # the model's initial weights do not depend on how much featurising drew from the RNG
     model = LogitsModel(classifier, classifier.torch_module())
     cbs = list(callbacks or [])
@@ -431,11 +465,11 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         "seed": seed,
     }
     # the decision threshold: Youden's J on the validation recordings, else on the training ones
-    ref, ref_x = (valid, valid_x) if valid_x is not None else (train, train_x)
+    ref = valid if valid_x is not None else train
     if recipe.get("threshold", "youden") == "youden":
         from steth_hub.metrics import recording_threshold
 
-        probs = classifier.predict_features(ref_x)
+        probs = classifier.predict_proba(ref.waveforms)  # as a saved model will see them (cached features)
         classifier.threshold = recording_threshold(ref.labels, probs, ref.recording_ids)
         history["threshold"] = classifier.threshold
         history["threshold_from"] = "validation recordings" if valid_x is not None else "training recordings"
@@ -517,6 +551,141 @@ class TorchClassifier(Classifier):
             return np.zeros(0, dtype=np.float32)
         out = []
         for start in range(0, len(waveforms), self.predict_batch_size):
-            x = self.normalise(self.featurise(waveforms[start:start + self.predict_batch_size], self.sample_rate))
+            x = self.normalise(cached_features(self, waveforms[start:start + self.predict_batch_size], self.sample_rate))
             out.append(self.predict_features(x))
         return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------- from a config and a corpus
+def epochs_from_evaluation(report: dict) -> float | None:
+    """Epochs for a final fit on every patient: the median best epoch over the folds, rounded up."""
+    per_fold = ((report.get("model") or {}).get("per_fold")) or []
+    best = [float(row["best_epoch"]) for row in per_fold if row.get("best_epoch") is not None]
+    return float(math.ceil(float(np.median(best)))) if best else None
+
+
+def read_evaluation(path: str | os.PathLike) -> dict:
+    """An ``evaluation.json`` written by ``steth evaluate`` (errors name the file)."""
+    import json
+
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        float(report["recommended_threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a usable evaluation report ({type(exc).__name__}: {exc})", path=path,
+                          fix="pass the evaluation.json written by `steth evaluate`") from exc
+    return report
+
+
+def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool = True, **kwargs) -> tuple[Any, dict]:
+    """Train the experiment ``config`` on a corpus folder (or loaded corpus) and save the model folder ``out``.
+
+    The corpus is preprocessed with the experiment's preset (clips cached with the corpus), then
+    :func:`train_on_clips` does the rest; see it for the keyword arguments.
+    """
+    from steth_hub.experiment import load_experiment
+    from steth_hub.preprocess import cached_clips, load_preset
+
+    experiment = load_experiment(config)
+    check_recipe(experiment.recipe, source=experiment.source)
+    if isinstance(corpus, (str, os.PathLike)):
+        from steth_hub.corpus import load_corpus
+
+        corpus = load_corpus(corpus)
+    preset = load_preset(experiment.preset)
+    clips, skipped, _ = cached_clips(corpus, preset, progress=progress)
+    corpus_facts = {"path": os.fspath(getattr(corpus, "path", "") or ""),
+                    "info": dict(getattr(corpus, "info", None) or {}), "skipped_recordings": len(skipped)}
+    return train_on_clips(experiment, clips, out, preset=preset, corpus=corpus_facts, progress=progress, **kwargs)
+
+
+def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, corpus: dict | None = None,
+                   resume: bool = False, epochs: float | None = None, valid_fraction: float | None = None,
+                   evaluation: str | os.PathLike | dict | None = None, checkpoints: str | os.PathLike | None = None,
+                   seed: int | None = None, progress: bool = True, name: str | None = None) -> tuple[Any, dict]:
+    """Train an experiment's classifier on preprocessed clips and save it to ``out``.
+
+    * ``valid_fraction`` (default: 0.2 when the recipe early-stops, else 0): that share of the
+      patients, stratified by label, is held out for early stopping and the threshold;
+      with 0 every patient trains for the recipe's epochs.
+    * ``evaluation``: a cross-validation report (``evaluation.json`` of ``steth evaluate``, or
+      its dict). The threshold becomes its maximum Youden's J on the pooled out-of-fold recording
+      probabilities (honest unseen predictions); unless ``epochs`` is given, the epochs become the
+      median best epoch over its folds; the report is stored in ``steth.json``.
+    * Checkpoints go to ``checkpoints`` (default ``OUT.checkpoints``); ``resume`` continues from the
+      last one.
+
+    Returns ``(classifier, history)``.
+    """
+    from steth_hub.experiment import load_experiment
+    from steth_hub.preprocess import load_preset
+    from steth_hub.registry import get_registry
+
+    experiment = load_experiment(experiment) if not hasattr(experiment, "recipe") else experiment
+    preset = load_preset(preset if preset is not None else experiment.preset)
+    recipe = dict(experiment.recipe)
+    report = read_evaluation(evaluation) if isinstance(evaluation, (str, os.PathLike)) else evaluation
+    if epochs is None and report is not None:
+        epochs = epochs_from_evaluation(report)
+    if epochs is not None:
+        recipe["num_train_epochs"] = float(epochs)
+    if seed is not None:
+        recipe["seed"] = int(seed)
+    if resume:
+        recipe["resume"] = True
+    if not progress:
+        recipe.setdefault("disable_tqdm", True)
+    recipe = check_recipe(recipe, source=experiment.source)
+
+    if valid_fraction is None:
+        valid_fraction = 0.2 if recipe.get("early_stopping_patience") else 0.0
+    train_set, valid_set = clips, None
+    if valid_fraction > 0:
+        from steth_hub.evaluate import patient_labels, validation_split
+
+        labels = patient_labels(clips)
+        train_p, valid_p = validation_split(sorted(labels), labels, float(valid_fraction), int(recipe["seed"]))
+        train_set, valid_set = clips.for_patients(train_p), clips.for_patients(valid_p)
+
+    cls = get_registry().get("classifier", experiment.classifier).load()
+    model = cls.from_config(dict(experiment.model))
+    model.preset = preset.to_dict()
+    out = Path(out)
+    work = Path(checkpoints) if checkpoints else out.with_name(out.name + ".checkpoints")
+    history = model.fit(train_set, valid_set, recipe, work)
+
+    if report is not None:
+        model.threshold = float(report["recommended_threshold"])
+        history["threshold"] = model.threshold
+        history["threshold_from"] = ("cross-validation: max Youden's J on the pooled out-of-fold "
+                                     "recording probabilities")
+    model.metadata["training"] = dict(model.metadata.get("training") or {}, **{
+        "experiment": experiment.to_dict(),
+        "recipe": {k: v for k, v in recipe.items() if k != "resume"},
+        "corpus": dict(corpus or {}, recordings_by_label=_by_label(clips, clips.recording_ids),
+                       patients_by_label=_by_label(clips, clips.patient_ids)),
+        "preset": preset.name,
+        "validation_fraction": float(valid_fraction),
+        "validation_patients": int(len(np.unique(valid_set.patient_ids))) if valid_set is not None else 0,
+        "epochs_from": "median best epoch over the cross-validation folds" if report is not None and epochs
+        == epochs_from_evaluation(report) else "recipe or command line",
+        "threshold_from": history.get("threshold_from"),
+        "train_loss": history.get("train_loss"),
+        "device": history.get("device"),
+        "train_seconds": history.get("train_seconds"),
+        "clips_per_second": history.get("clips_per_second"),
+    })
+    if name:
+        model.metadata["name"] = name
+    if report is not None:
+        model.metadata["evaluation"] = report
+    model.save_pretrained(out)
+    return model, history
+
+
+def _by_label(clips, groups) -> dict:
+    """How many distinct groups (recordings or patients) carry each label."""
+    _, first = np.unique(np.asarray(groups).astype(str), return_index=True)
+    labels = clips.labels[first]
+    return {"not_asthma": int((labels == 0).sum()), "asthma": int((labels == 1).sum())}

@@ -11,8 +11,10 @@ comes from, in order of preference,
   ``patch_size``, ``frequency_stride``, ``time_stride``, ``max_length``...).
 
 Features are the AST front end of :mod:`steth_hub.features` (``[N, T, 128]`` log-mel filter
-banks, the same computation as transformers' ``ASTFeatureExtractor``), normalised the AST way,
-``(x - mean) / (2 * std)``, with the training set's mean and std. A saved folder is a standard
+banks, the same computation as transformers' ``ASTFeatureExtractor``). Training centres them
+bin by bin with the training set's average spectrum (much faster learning from scratch); when
+training ends that offset is folded exactly into the position embeddings, so the trained model
+takes the AST normalisation ``(x - mean) / (2 * std)`` with the training set's mean and std. A saved folder is a standard
 transformers checkpoint (``config.json`` with ``id2label``, ``model.safetensors`` and a
 ``preprocessor_config.json`` holding those mean/std), so
 ``AutoModelForAudioClassification.from_pretrained`` and ``pipeline("audio-classification")``
@@ -71,6 +73,7 @@ class ASTClassifier(TorchClassifier):
         self.front_end_config = dict(front_end or {})
         self.mean = mean
         self.std = std
+        self.bin_mean = None  # per-bin centring, only while training (see fit_normalisation)
         self.pretrained = pretrained
         self._front_end = None
 
@@ -126,39 +129,88 @@ class ASTClassifier(TorchClassifier):
         return self.model_config.get("max_length")
 
     # -- features ---------------------------------------------------------------
-    def front_end(self):
-        """The AST front end of steth_hub.features (built once)."""
-        if self._front_end is None:
+    def front_end(self, n_frames: int):
+        """The AST front end of steth_hub.features, un-normalised and ``n_frames`` long (built once)."""
+        if self._front_end is None or self._front_end.extractor.max_length != n_frames:
             from steth_hub.features import ASTFrontEnd
 
-            self._front_end = ASTFrontEnd(**self.front_end_config)
+            settings = dict(self.front_end_config)
+            settings.update(sampling_rate=self.sample_rate, num_mel_bins=128, max_length=int(n_frames),
+                            do_normalize=False)
+            self._front_end = ASTFrontEnd(**settings)
         return self._front_end
 
+    def frames_for(self, n_samples: int, sample_rate: int) -> int:
+        """Filter-bank frames of a clip: 25 ms windows every 10 ms (Kaldi's snip_edges rule)."""
+        n = int(round(n_samples * self.sample_rate / float(sample_rate)))
+        window, hop = int(0.025 * self.sample_rate), int(0.010 * self.sample_rate)
+        return max(1, 1 + (n - window) // hop)
+
+    def feature_signature(self, sample_rate: int, n_samples: int):
+        return ("ast-fbank", self.sample_rate, int(sample_rate),
+                self.max_length or self.frames_for(n_samples, sample_rate), sorted(self.front_end_config.items()))
+
     def featurise(self, waveforms, sample_rate: int):
-        """Raw log-mel filter banks ``[N, max_length, 128]`` (padded with 0 or cut, as ASTFeatureExtractor does)."""
+        """Raw log-mel filter banks ``[N, max_length, 128]`` (padded with 0 or cut, as ASTFeatureExtractor does).
+
+        ``max_length`` is the model's; before the network exists it is the clips' own length.
+        """
         import torch
 
-        x = self.front_end()(np.asarray(waveforms, dtype=np.float32), int(sample_rate))
-        x = torch.as_tensor(x, dtype=torch.float32)
-        length = self.max_length
-        if length is not None and x.shape[1] != length:
-            if x.shape[1] > length:
-                x = x[:, :length]
-            else:
-                x = torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))
-        return x
+        waveforms = np.asarray(waveforms, dtype=np.float32)
+        length = self.max_length or self.frames_for(waveforms.shape[-1], sample_rate)
+        x = self.front_end(length)(waveforms, int(sample_rate))
+        return torch.as_tensor(x, dtype=torch.float32)
 
     def fit_normalisation(self, features) -> None:
-        """The training set's mean and std of the filter-bank values (one number each, as in AST)."""
-        self.mean = float(features.mean())
-        self.std = float(features.std())
+        """Training statistics: each mel bin's mean (the average spectrum) and one std of the centred values.
+
+        Training subtracts the average spectrum bin by bin: after band-limiting, the upper mel
+        bins are a constant floor and the differences between recordings are small beside the
+        spectrum's shape, so an AST from scratch learns several times faster on centred input.
+        :meth:`fold_normalisation` then moves that per-bin offset into the position embeddings,
+        so the saved model takes ASTFeatureExtractor's scalar normalisation exactly.
+        """
+        import torch
+
+        self.bin_mean = features.mean(dim=(0, 1)).to(torch.float32)
+        self.mean = float(self.bin_mean.mean())
+        self.std = float((features - self.bin_mean).std().clamp_min(1e-6))
         if self.net is None:
             self._build_net(features.shape[1])
 
     def normalise(self, features):
         if self.mean is None or self.std is None:
             raise ModelError("the AST has no normalisation statistics", fix="train it (fit) or load a saved model")
-        return (features - self.mean) / (2.0 * self.std)
+        centre = self.bin_mean if getattr(self, "bin_mean", None) is not None else self.mean
+        return (features - centre) / (2.0 * self.std)
+
+    def fold_normalisation(self) -> None:
+        """Make the network take ``(x - mean) / (2 std)`` (one scalar mean) instead of per-bin centring.
+
+        The inputs differ by a constant per mel bin, ``d = (bin_mean - mean) / (2 std)``. The patch
+        embedding is a convolution, so that adds a constant to every patch's embedding, the same
+        for every recording; subtracting it from the position embeddings gives identical outputs.
+        """
+        import torch
+
+        if getattr(self, "bin_mean", None) is None or self.net is None:
+            return
+        emb = self.net.audio_spectrogram_transformer.embeddings
+        conv = emb.patch_embeddings.projection
+        device = conv.weight.device
+        delta = ((self.bin_mean - self.mean) / (2.0 * self.std)).to(device)
+        length = int(self.net.config.max_length)
+        image = delta.view(1, 1, -1, 1).expand(1, 1, delta.numel(), length).contiguous()
+        with torch.no_grad():
+            offset = torch.nn.functional.conv2d(image, conv.weight, None, conv.stride, conv.padding)
+            offset = offset.flatten(2).transpose(1, 2)  # [1, patches, hidden], as ASTPatchEmbeddings lays them out
+            emb.position_embeddings[:, 2:, :] -= offset.to(emb.position_embeddings.dtype)
+        self.bin_mean = None
+
+    def set_trained_module(self, module) -> None:
+        super().set_trained_module(module)
+        self.fold_normalisation()
 
     def torch_module(self):
         if self.net is None:

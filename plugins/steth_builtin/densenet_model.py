@@ -111,6 +111,9 @@ class DenseNetClassifier(TorchClassifier):
             self._extractor = MultiWindowLogMel(**self.features_config)
         return self._extractor
 
+    def feature_signature(self, sample_rate: int, n_samples: int):
+        return ("multiwindow-logmel", int(sample_rate), sorted((k, repr(v)) for k, v in self.features_config.items()))
+
     def featurise(self, waveforms, sample_rate: int):
         import numpy as np
         import torch

@@ -1,0 +1,47 @@
+"""``steth screen``: screen recordings for asthma with a trained model (the embedded one by default)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--model", "model", default=None,
+              help="Model folder or Hub name (default: the embedded steth/ast-asthma).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (results, failures, disclaimer).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def screen(files, model, as_json, quiet):
+    """Screen FILES: P(asthma), the decision at the model's threshold, clips used and warnings.
+
+    A file that fails is listed with the reason and the fix; the others are still screened.
+    The exit status is 1 only when no file could be screened.
+    """
+    from steth_hub.screen import DISCLAIMER, screen_many
+
+    results, failures = screen_many(files, model=model, progress=not quiet and not as_json)
+    if as_json:
+        click.echo(json.dumps({"results": [r.to_dict() for r in results], "failures": failures,
+                               "disclaimer": DISCLAIMER}, indent=2))
+    else:
+        if results:
+            _table(results)
+        for f in failures:
+            click.secho(f"failed: {f['source']}: {f['message']}" + (f" (fix: {f['fix']})" if f.get("fix") else ""),
+                        fg="red", err=True)
+        click.echo(f"\n{len(results)} screened, {len(failures)} failed. {DISCLAIMER}")
+    if not results:
+        sys.exit(1)
+
+
+def _table(results) -> None:
+    rows = [(r.source, f"{r.probability:.3f}", f"{r.label} (>= {r.threshold:.3f})" if r.decision
+             else f"{r.label} (< {r.threshold:.3f})", str(r.n_clips), "; ".join(r.warnings) or "-") for r in results]
+    headers = ("FILE", "P(ASTHMA)", "DECISION", "CLIPS", "WARNINGS")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers[:-1])]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths)) + "  " + headers[-1])
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1])

@@ -1,0 +1,40 @@
+"""``steth train``: train a classifier from an experiment config on a corpus, with progress."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
+              help="Experiment config (configs/ast-asthma.yaml, configs/paper.yaml, configs/densenet201.yaml).")
+@click.option("--corpus", required=True, type=click.Path(file_okay=False),
+              help="Corpus folder written by `steth corpus import` / `merge`.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--resume", is_flag=True, help="Continue a stopped run from its last checkpoint.")
+@click.option("--epochs", type=float, default=None, help="Override the recipe's num_train_epochs.")
+@click.option("--valid-fraction", type=float, default=None,
+              help="Share of patients held out for early stopping and the threshold "
+                   "(default 0.2 when the recipe early-stops, else 0: train on every patient).")
+@click.option("--evaluation", type=click.Path(dir_okay=False), default=None,
+              help="evaluation.json of `steth evaluate` on this config: the threshold (max Youden's J on the "
+                   "pooled out-of-fold recordings) and, unless --epochs is given, the epochs (median best "
+                   "epoch over the folds) come from it, and it is stored in steth.json.")
+@click.option("--checkpoints", type=click.Path(file_okay=False), default=None,
+              help="Checkpoint folder (default OUT.checkpoints).")
+@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
+@click.option("--name", default=None, help="Name recorded in steth.json (e.g. steth/ast-asthma).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(config, corpus, out, resume, epochs, valid_fraction, evaluation, checkpoints, seed, name, quiet):
+    """Train the classifier of CONFIG on CORPUS and save it to OUT (safetensors + steth.json)."""
+    from steth_hub.train import train_experiment
+
+    model, history = train_experiment(config, corpus, out, resume=resume, epochs=epochs,
+                                      valid_fraction=valid_fraction, evaluation=evaluation,
+                                      checkpoints=checkpoints, seed=seed, progress=not quiet, name=name)
+    where = f"resumed from {history['resumed_from']}, " if history.get("resumed_from") else ""
+    click.echo(f"trained {model.plugin_name} on {history['n_train_clips']} clips: {where}{history['global_step']} steps, "
+               f"{history['epochs']:.1f} epochs{' (stopped early)' if history.get('stopped_early') else ''}, "
+               f"{history['clips_per_second']:.1f} clips/s on {history['device']}")
+    click.echo(f"threshold {model.threshold:.3f} ({history.get('threshold_from')})")
+    click.echo(f"saved {out}")
