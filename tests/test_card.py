@@ -129,6 +129,22 @@ def test_card_from_a_real_evaluation_carries_its_numbers_and_valid_hub_metadata(
     assert "never** a model input" in text and "Sample-rate confound" in text
 
 
+def test_card_of_a_folder_written_by_steth_train(example_corpus, tmp_path):
+    """The counts ``steth train`` records in steth.json (no demographics summary) still make the card."""
+    from steth_hub.train import train_experiment
+
+    out = tmp_path / "trained"
+    train_experiment({"name": "mfcc-trained", "classifier": "mfcc-logreg"}, example_corpus, out, progress=False)
+    text = render_card(out)
+    assert text.startswith("---\n") and "# trained" in text
+    assert "5 patients, 5 recordings." in text
+    assert "| asthma | 2 | 2 |" in text and "| not_asthma | 3 | 3 |" in text
+    assert "doi:10.17632/jwyy9np4gv" in text  # the KAUH source, from the corpus info
+    assert "Experiment `mfcc-trained`" in text
+    assert "How the decision threshold" in text and "**Not evaluated.**" in text
+    assert front_matter(text)["datasets"] == ["kauh-lung-sounds"]
+
+
 def test_a_model_without_evaluation_is_marked_not_evaluated(model_dir):
     text = render_card(model_dir)
     assert "**Not evaluated.**" in text
