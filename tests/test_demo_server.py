@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,14 +104,30 @@ def test_the_app_reads_no_file_that_was_not_uploaded(server):
         assert httpx.get(server + f"gradio_api/file={path}", timeout=30).status_code == 403
 
 
-def test_requests_are_queued_and_analytics_are_off(client, server):
+def test_requests_are_queued_one_at_a_time_and_analytics_are_off(client, server, monkeypatch):
+    from steth_hub import demo
+
     config = httpx.get(server + "config", timeout=30).json()
     assert config["analytics_enabled"] is False
-    screen_dep = next(d for d in config["dependencies"] if d.get("api_name") == "screen")
-    assert screen_dep["queue"] is not False
-    jobs = [client.submit(*_args(), api_name="/screen") for _ in range(2)]  # two visitors at once
+    assert next(d for d in config["dependencies"] if d.get("api_name") == "screen")["queue"] is True
+    analyse, lock, running, peak = demo.Screener.analyse, threading.Lock(), [0], [0]
+
+    def counted(self, *args, **kwargs):  # the app runs in this process: count screenings in flight
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.3)
+            return analyse(self, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(demo.Screener, "analyse", counted)
+    jobs = [client.submit(*_args(), api_name="/screen") for _ in range(3)]  # three visitors at once
     results = [job.result(timeout=120) for job in jobs]
-    assert results[0][4]["probability"] == results[1][4]["probability"]
+    assert len({r[4]["probability"] for r in results}) == 1 and "error" not in results[0][4]
+    assert peak[0] == 1  # concurrency 1: the others waited in the queue
 
 
 def _args():
