@@ -129,6 +129,9 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None, *,
             )
         _check_weights(folder)
         return folder
+    if cache_dir is None and os.environ.get("HF_HUB_CACHE"):
+        # huggingface_hub reads HF_HUB_CACHE once, at import; honour the value set now
+        cache_dir = os.path.expanduser(os.path.expandvars(os.environ["HF_HUB_CACHE"]))
     folder = _snapshot(name, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
                        endpoint=endpoint, with_code=trust_remote_code)
     _check_weights(folder, repo_id=name, revision=revision, cache_dir=cache_dir)
@@ -174,9 +177,6 @@ def _snapshot(repo_id: str, revision: str | None, *, cache_dir, token, local_fil
     )
 
     offline = constants.is_offline_mode() if local_files_only is None else bool(local_files_only)
-    if cache_dir is None and os.environ.get("HF_HUB_CACHE"):
-        # huggingface_hub reads HF_HUB_CACHE once, at import; honour the value set now
-        cache_dir = os.path.expanduser(os.path.expandvars(os.environ["HF_HUB_CACHE"]))
     patterns = list(SAFE_PATTERNS) + (list(CODE_PATTERNS) if with_code else [])
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
     cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
@@ -235,9 +235,6 @@ def _cached_repo_files(repo_id: str, revision: str | None, cache_dir) -> list[st
     """The repo's file names as recorded by the last snapshot_download (no network); [] if unknown."""
     from huggingface_hub import get_cached_repo_tree
     from huggingface_hub.errors import CachedRepoTreeNotFoundError
-
-    if cache_dir is None and os.environ.get("HF_HUB_CACHE"):
-        cache_dir = os.path.expanduser(os.path.expandvars(os.environ["HF_HUB_CACHE"]))
 
     try:
         return [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=cache_dir)]
