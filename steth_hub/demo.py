@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 # Gradio reads this when it is imported: no analytics and no version check from the page or server.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from steth_hub.errors import AudioError, StethError  # noqa: E402
+from steth_hub.errors import AudioError, ConfigError, ModelError, StethError  # noqa: E402
+from steth_hub.hub import DEFAULT_MODEL  # noqa: E402  (the embedded model, offered first)
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -66,8 +67,6 @@ DEFAULT_CONCURRENCY = 1
 DEFAULT_QUEUE_SIZE = 32
 #: uploaded recordings are deleted this long after they arrive (seconds)
 DEFAULT_KEEP_UPLOADS_S = 3600
-#: the model offered first
-DEFAULT_MODEL = "steth/ast-asthma"
 #: the example recordings shipped with the package (offered with one click)
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
@@ -90,8 +89,6 @@ class DemoSettings:
     keep_uploads_s: int = DEFAULT_KEEP_UPLOADS_S
 
     def __post_init__(self) -> None:
-        from steth_hub.errors import ConfigError
-
         if not self.max_seconds > 0:
             raise ConfigError(f"max_seconds must be positive, got {self.max_seconds}", fix="pass e.g. --max-seconds 60")
         if not self.max_bytes > 0:
@@ -119,8 +116,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict:
     ``STETH_DEMO_QUEUE_SIZE``. A value that is not a number is a :class:`~steth_hub.errors.ConfigError`
     naming the variable.
     """
-    from steth_hub.errors import ConfigError
-
     env = os.environ if environ is None else environ
     kwargs: dict[str, Any] = {}
     models = [m.strip() for m in env.get(f"{ENV_PREFIX}MODELS", "").split(",") if m.strip()]
@@ -221,8 +216,6 @@ class ModelCatalog:
 
     def get(self, name: str | None) -> "Classifier":
         """The loaded model called ``name`` (loading it the first time); errors say what to do."""
-        from steth_hub.errors import ModelError
-
         name = name or self.default
         entry = self.entries.get(name or "")
         if entry is None:
@@ -274,6 +267,8 @@ class PatientFacts:
         try:
             age_value = float(age) if age not in (None, "") else None
         except (TypeError, ValueError):
+            age_value = None
+        if age_value is not None and not 0 <= age_value <= 130:  # also drops NaN and infinities
             age_value = None
         site_text = " ".join(str(site).split())[:40] if site else None
         return cls(sex=sex if sex in ("F", "M") else None, age=age_value, site=site_text or None)
@@ -358,7 +353,7 @@ class Screener:
 
         Both are extras: when one cannot be drawn the result still stands, and the JSON says why.
         """
-        from steth_hub.explain import explainers_for
+        from steth_hub.explain import explain, explainers_for
 
         notes = record.setdefault("notes", [])
         try:
@@ -369,10 +364,11 @@ class Screener:
             notes.append(f"the spectrogram could not be drawn ({type(exc).__name__})")
         plugin = getattr(model, "plugin_name", None)
         if not explainers_for(plugin):
-            record["explanation"] = {"explainer": None, "note": f"no explainer is installed for the {plugin} classifier"}
+            record["explanation"] = {"explainer": None,
+                                     "note": f"no explainer is installed for the {plugin} classifier"}
             return spectrogram, None
         try:
-            explanation = explain_recording(recording, model)
+            explanation = explain(recording, model=model)  # the default explainer of the model's plugin
         except Exception as exc:
             log.warning("demo: explaining %s failed: %s", record["source"], exc)
             record["explanation"] = {"explainer": None, "note": f"the explanation could not be drawn ({exc})"}
@@ -487,13 +483,6 @@ def _draw_panels(images: "np.ndarray", titles: list[str], duration: float, f_min
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def explain_recording(recording: "Recording", model: "Classifier"):
-    """:func:`steth_hub.explain.explain` for this recording and model (the default explainer of its plugin)."""
-    from steth_hub.explain import explain
-
-    return explain(recording, model=model)
-
-
 def png_to_array(png: bytes) -> "np.ndarray":
     """PNG bytes as an RGB uint8 array (what ``gr.Image(type="numpy")`` shows)."""
     import io
@@ -512,26 +501,24 @@ def example_rows() -> list[tuple[str, str, str, float | None, str]]:
     The label names the source and the known diagnosis so a visitor can compare; sex, age and
     site come from the file name (KAUH) and fill the patient facts.
     """
+    from steth_hub.corpus.diagnosis import normalise_diagnosis
+    from steth_hub.corpus.icbhi import parse_icbhi_name, read_diagnoses
+    from steth_hub.corpus.kauh import parse_kauh_name
+
     rows = []
     for path in sorted(EXAMPLES_DIR.glob("*/*.wav")):
         sex, age, site, diagnosis = "", None, "", None
-        try:
+        try:  # the corpus importers' own name parsers
             if path.parent.name == "kauh":
-                from steth_hub.corpus.diagnosis import normalise_diagnosis
-                from steth_hub.corpus.kauh import parse_kauh_name
-
                 meta = parse_kauh_name(path.name)
                 sex, age, site = meta["sex"] or "", meta["age"], meta["site"] or ""
                 diagnosis = normalise_diagnosis(meta["diagnosis"])
             elif path.parent.name == "icbhi":
-                from steth_hub.corpus.diagnosis import normalise_diagnosis
-                from steth_hub.corpus.icbhi import parse_icbhi_name, read_diagnoses
-
                 meta = parse_icbhi_name(path.name)
                 site = meta["site"] or ""
-                diagnosis = normalise_diagnosis(read_diagnoses(path.parent / "patient_diagnosis.csv")
-                                                .get(meta["patient"], "") or "") or None
-        except (ImportError, ValueError, StethError) as exc:  # an odd name still gives an example
+                known = read_diagnoses(path.parent / "patient_diagnosis.csv").get(meta["patient"])
+                diagnosis = normalise_diagnosis(known) if known else None
+        except (ValueError, StethError) as exc:  # an odd name still gives an example, without facts
             log.debug("example %s: %s", path.name, exc)
         facts = PatientFacts(sex=sex or None, age=age, site=site or None).describe()
         label = f"{path.parent.name.upper()}: {diagnosis or 'diagnosis unknown'} ({facts})"

@@ -118,6 +118,9 @@ def test_patient_facts_are_shown_and_saved_but_never_change_the_result(screener)
     assert told[4]["patient"] == {"sex": "F", "age": 71.0, "site": "P L L", "model_input": False}
     assert bare[4]["patient"] == {"sex": None, "age": None, "site": None, "model_input": False}
     assert "female, 71 years, P L L" in told[0] and "not given" in bare[0]
+    odd = demo.PatientFacts.from_inputs("Male", float("nan"), None)
+    assert (odd.sex, odd.age, odd.site) == ("M", None, None)
+    assert demo.PatientFacts.from_inputs("x", 200, "").to_dict()["age"] is None
 
 
 def test_user_text_cannot_inject_markup_into_the_page(screener):
