@@ -303,6 +303,23 @@ class Screener:
         self.catalog = catalog
         self.settings = settings
 
+    def warm_up(self) -> float | None:
+        """Screen a shipped example with the default model, once, so that the model and the
+        libraries of the pipeline (about 6 s of loading on 2 CPU cores) are ready before the first
+        visitor. Returns the seconds it took, or None when it could not (the reason is logged)."""
+        import time
+
+        example = next(iter(sorted(EXAMPLES_DIR.glob("*/*.wav"))), None)
+        if example is None or self.catalog.default is None:
+            return None
+        start = time.perf_counter()
+        try:
+            self.analyse(str(example), self.catalog.default, PatientFacts())
+        except Exception as exc:  # the page works without it: the first visitor just waits longer
+            log.warning("demo: warming up with %s failed: %s", example.name, exc)
+            return None
+        return time.perf_counter() - start
+
     def __call__(self, audio_path: str | None, model_name: str | None, sex: Any = None, age: Any = None,
                  site: Any = None) -> tuple:
         patient = PatientFacts.from_inputs(sex, age, site)
@@ -606,13 +623,13 @@ def build_app(models: Sequence[Any] | Mapping[str, Any] | None = None, *,
                                           "known diagnosis)")
             shown.load_input_event.then(screen_recording, inputs=inputs, outputs=outputs, api_visibility="private")
     app.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
-    app.steth_settings = settings  # read by launch()
-    app.steth_catalog = catalog
+    app.steth_screener = screener  # launch() reads its settings and warms it up
     return app
 
 
 def launch(app: "gr.Blocks | None" = None, *, host: str | None = "127.0.0.1", port: int | None = None,
-           share: bool = False, prevent_thread_lock: bool = False, quiet: bool = False, **build_kwargs: Any):
+           share: bool = False, prevent_thread_lock: bool = False, quiet: bool = False, warm_up: bool = True,
+           **build_kwargs: Any):
     """Serve the demo (building it with ``build_kwargs`` when ``app`` is None).
 
     ``host`` None lets Gradio choose (``GRADIO_SERVER_NAME``, else 127.0.0.1), which is what a
@@ -620,12 +637,19 @@ def launch(app: "gr.Blocks | None" = None, *, host: str | None = "127.0.0.1", po
     no path is allowed beyond Gradio's own cache (uploads, outputs, the examples copied at build
     time); run history, the MCP server, PWA and server-side rendering are off. Returns what
     ``gr.Blocks.launch`` returns (with ``prevent_thread_lock=True``: it serves until ``app.close()``).
+    With ``warm_up`` a background thread loads the default model and the libraries the pipeline
+    needs (:meth:`Screener.warm_up`) while the server starts, so the first visitor does not wait.
     """
     if app is None:
         app = build_app(**build_kwargs)
     elif build_kwargs:
         raise TypeError(f"pass build options ({', '.join(build_kwargs)}) to build_app, not with an app")
-    settings: DemoSettings = getattr(app, "steth_settings", DemoSettings())
+    screener: Screener | None = getattr(app, "steth_screener", None)
+    if screener is None:
+        raise TypeError("launch() serves an app made by steth_hub.demo.build_app")
+    settings = screener.settings
+    if warm_up:
+        threading.Thread(target=screener.warm_up, name="steth-demo-warm-up", daemon=True).start()
     return app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                       quiet=quiet, show_error=False, allowed_paths=[],
                       max_file_size=settings.max_bytes, ssr_mode=False, mcp_server=False, pwa=False,

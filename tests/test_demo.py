@@ -210,6 +210,19 @@ def test_the_default_model_is_offered_first_or_said_to_be_unavailable():
         assert label == "steth/ast-asthma (unavailable)" and entry.error.fix
 
 
+def test_warm_up_loads_the_default_model_before_the_first_visitor(tiny_dir, monkeypatch):
+    catalog = demo.ModelCatalog({"tiny": str(tiny_dir)})
+    screened = []
+    analyse = demo.Screener.analyse
+    monkeypatch.setattr(demo.Screener, "analyse", lambda self, *a: screened.append(a[:2]) or analyse(self, *a))
+    seconds = demo.Screener(catalog, demo.DemoSettings()).warm_up()
+    assert seconds is not None and seconds > 0 and "tiny" in catalog._loaded
+    (path, model), = screened
+    assert model == "tiny" and path.startswith(str(EXAMPLES)) and path.endswith(".wav")
+    broken = demo.ModelCatalog({"gone": str(tiny_dir.parent / "gone")})
+    assert demo.Screener(broken, demo.DemoSettings()).warm_up() is None  # logged, never raised
+
+
 def test_no_recording_yet_gets_a_prompt(screener):
     summary, *_, record = screener(None, "tiny")
     assert record["error"]["code"] == "no-audio" and "upload" in summary

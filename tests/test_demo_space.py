@@ -69,8 +69,8 @@ def test_app_py_builds_the_same_app_as_build_app(monkeypatch):
     monkeypatch.setenv("STETH_DEMO_CONCURRENCY", "2")
     space = runpy.run_path(str(SPACES / "app.py"), run_name="space_app")["demo"]  # not __main__: no launch
     reference = build_app(**settings_from_env())
-    assert space.steth_settings == reference.steth_settings == DemoSettings(max_seconds=30, max_bytes=5 * 2**20,
-                                                                            concurrency=2)
+    assert space.steth_screener.settings == reference.steth_screener.settings == DemoSettings(
+        max_seconds=30, max_bytes=5 * 2**20, concurrency=2)
     assert _fingerprint(space) == _fingerprint(reference)
     assert any(c[2] == "steth-run" for c in _fingerprint(space)[0])
     assert space.config["analytics_enabled"] is False

@@ -60,7 +60,7 @@ def serve(app) -> Iterator[str]:
     """Serve ``app`` (from steth_hub.demo.build_app) on 127.0.0.1; yields its URL; closes it after."""
     from steth_hub.demo import launch
 
-    launch(app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    launch(app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True, warm_up=False)
     try:
         yield app.local_url
     finally:
