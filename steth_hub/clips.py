@@ -140,7 +140,7 @@ class ClipSet:
             arrays = load_file(str(directory / CLIPSET_ARRAYS))
             clipset = cls(arrays["waveforms"], int(index["sample_rate"]), arrays["labels"], index["recording_ids"],
                           index["patient_ids"], arrays["starts"], index.get("meta") or {})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # OSError, JSON/safetensors errors (SafetensorError is no OSError), KeyError
             raise CorpusError(f"cannot read saved clips: {type(exc).__name__}: {exc}", path=directory,
                               fix="delete the folder and run `steth preprocess` again") from exc
         if len(clipset) != int(index.get("n_clips", len(clipset))):

@@ -67,8 +67,9 @@ def test_inputs_numpy_torch_one_clip_and_batches(extractor, clips):
     ref = extractor(clips[:3], 16000)
     assert torch.allclose(extractor(torch.from_numpy(clips[:3]), 16000), ref)
     assert torch.allclose(extractor(clips[0], 16000)[0], ref[0], atol=1e-4)
-    small = MultiWindowLogMel(batch_size=2)
-    assert torch.allclose(small(clips[:3], 16000), ref, atol=1e-4)  # batching does not change the numbers
+    for batch, chunk in ((2, 97), (3, None), (1, 1000)):  # uneven chunks of clips and of frames
+        small = MultiWindowLogMel(batch_size=batch, chunk_frames=chunk)
+        assert torch.allclose(small(clips[:3], 16000), ref, atol=1e-4)  # chunking does not change the numbers
 
 
 def test_4khz_recording_upper_bands_sit_at_the_floor(extractor, examples_dir):
