@@ -228,13 +228,13 @@ def comparison_markdown(comparison: Any) -> str | None:
 
 # --------------------------------------------------------------------------- the card
 def _training_data(training: Mapping) -> tuple[dict, list[str]]:
-    """The training-data facts of ``steth.json``: ``training["data"]`` (:func:`summarise_training_data`)
-    when present, else the counts that ``steth train`` records (``training["corpus"]``, its
+    """The training-data facts of ``steth.json``: ``training["data"]`` or ``training["corpus"]["data"]``
+    (:func:`summarise_training_data`) when present, else the counts that ``steth train`` records (``training["corpus"]``, its
     ``corpus.json`` info and the label counts). Returns ``(data, source names)``."""
-    data = training.get("data")
+    corpus = training.get("corpus") if isinstance(training.get("corpus"), Mapping) else {}
+    data = training.get("data") or corpus.get("data")
     if isinstance(data, Mapping):
         return dict(data), []
-    corpus = training.get("corpus") if isinstance(training.get("corpus"), Mapping) else {}
     info = corpus.get("info") if isinstance(corpus.get("info"), Mapping) else {}
     kinds = info.get("kinds") or ([info["source"]] if info.get("source") in SOURCES else [])
     data = {}

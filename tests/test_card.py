@@ -143,6 +143,14 @@ def test_card_of_a_folder_written_by_steth_train(example_corpus, tmp_path):
     assert "Experiment `mfcc-trained`" in text
     assert "How the decision threshold" in text and "**Not evaluated.**" in text
     assert front_matter(text)["datasets"] == ["kauh-lung-sounds"]
+    assert "| Sex | patients |" not in text  # no demographics recorded, none shown
+
+    # with the corpus summary beside the counts, the demographic tables appear
+    meta = json.loads((out / "steth.json").read_text())
+    meta["training"]["corpus"]["data"] = summarise_training_data(example_corpus.dataset)
+    (out / "steth.json").write_text(json.dumps(meta))
+    text = render_card(out)
+    assert "| Sex | patients |" in text and "| F | 1 |" in text and "24–60 years" in text
 
 
 def test_a_model_without_evaluation_is_marked_not_evaluated(model_dir):
