@@ -82,6 +82,12 @@ class Classifier(abc.ABC):
             "labels": list(LABELS),
             "steth_hub_version": __version__,
         })
+        if not meta.get("distribution"):  # lets a loader without the plugin say what to install
+            from steth_hub.hub import plugin_distribution
+
+            dist = plugin_distribution(self.plugin_name)
+            if dist:
+                meta["distribution"] = dist
         return meta
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -121,11 +121,14 @@ def test_installed_plugin_trains_saves_and_loads_through_the_registry(site, tmp_
         model.save_pretrained({str(tmp_path / "model")!r})
         again = load_classifier({str(tmp_path / "model")!r})
         after = again.predict_proba(train.waveforms)
+        meta = json.load(open({str(tmp_path / "model" / "steth.json")!r}))
         print(json.dumps({{"max_diff": float(np.abs(before - after).max()), "type": type(again).__name__,
+                          "distribution": meta.get("distribution"),
                           "first_loss": history["loss"][0], "last_loss": history["loss"][-1]}}))
     """, site)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["type"] == "BandEnergyClassifier"
+    assert result["distribution"] == "steth-example-classifier"  # a loader without it can say what to install
     assert result["max_diff"] < 1e-6
     assert result["last_loss"] < 0.8 * result["first_loss"]
