@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Reproduce the embedded model steth/ast-asthma from the shared recordings, in one command:
+#
+#   bash configs/reproduce_ast_asthma.sh
+#
+# 1. import KAUH and ICBHI with the corpus importers and merge them (duplicates, conflicts and
+#    patient folds are handled there);
+# 2. 5-fold patient-grouped cross-validation of configs/ast-asthma.yaml with the MFCC baseline
+#    beside it (steth evaluate): the numbers for the model card, and honest out-of-fold
+#    predictions;
+# 3. the final model on every patient (steth train --valid-fraction 0), for the median best
+#    epoch of the folds, with the threshold at the maximum Youden's J of the pooled out-of-fold
+#    recording probabilities; the evaluation report goes into its steth.json.
+#
+# Environment: STETH_HUB_SHARED_DATA (default ../shared/data/lung-sounds), WORK (default
+# runs/ast-asthma), OUT (default steth_hub/models/ast-asthma), STETH (default: steth on PATH,
+# else .venv/bin/steth). About 40-60 min on 2 CPU cores; a few minutes with CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${STETH_HUB_SHARED_DATA:-../shared/data/lung-sounds}
+WORK=${WORK:-runs/ast-asthma}
+OUT=${OUT:-steth_hub/models/ast-asthma}
+STETH=${STETH:-$(command -v steth || echo .venv/bin/steth)}
+
+"$STETH" corpus import kauh "$SHARED/kauh" "$WORK/corpora/kauh" --quiet
+"$STETH" corpus import icbhi "$SHARED/icbhi" "$WORK/corpora/icbhi" --quiet
+"$STETH" corpus merge "$WORK/corpora/all" "$WORK/corpora/kauh" "$WORK/corpora/icbhi" --quiet
+"$STETH" evaluate --config configs/ast-asthma.yaml --corpus "$WORK/corpora/all" --out "$WORK/evaluation"
+"$STETH" train --config configs/ast-asthma.yaml --corpus "$WORK/corpora/all" --out "$OUT" \
+    --valid-fraction 0 --evaluation "$WORK/evaluation/evaluation.json" --name steth/ast-asthma --quiet
+echo "model: $OUT   evaluation: $WORK/evaluation/evaluation.json"

@@ -1,0 +1,204 @@
+"""Screening: the embedded model on the shipped examples, lenient checks, bad inputs, and `steth screen`.
+
+Bad inputs are screened with a tiny AST trained here on real example clips (fast); the
+embedded model's own numbers are checked against ``tests/data/ast_asthma_expected.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from steth_hub.errors import AudioError, RecordingRejected
+from steth_hub.screen import DISCLAIMER, ScreeningResult, screen, screen_many
+
+EXPECTED = Path(__file__).parent / "data" / "ast_asthma_expected.json"
+EMBEDDED = Path(__file__).resolve().parents[1] / "steth_hub" / "models" / "ast-asthma"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(example_wavs, tmp_path_factory):
+    """A tiny AST trained for a few steps on real example clips, saved with the default preset."""
+    from steth_hub.classifier import load_classifier
+    from steth_hub.clips import ClipSet
+    from steth_hub.preprocess import Preprocessor, load_preset
+
+    from steth_builtin.ast_model import ASTClassifier
+
+    pre = Preprocessor("excerpt-10s")
+    sets = []
+    for path in example_wavs:
+        try:
+            clips = pre.run(path, path.stem)
+        except RecordingRejected:
+            continue
+        label = int("asthma" in path.name.lower())
+        sets.append(ClipSet.from_clips(clips, [label] * len(clips), [path.stem] * len(clips)))
+    model = ASTClassifier.from_config({"size": "tiny", "num_hidden_layers": 1})
+    model.preset = load_preset("excerpt-10s").to_dict()
+    model.fit(ClipSet.concatenate(sets), None, {"max_steps": 2, "warmup_steps": 0, "disable_tqdm": True,
+                                                "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1},
+              tmp_path_factory.mktemp("run"))
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    model.save_pretrained(folder)
+    return load_classifier(folder), folder
+
+
+def _write(path: Path, samples, rate=16000) -> Path:
+    sf.write(path, np.asarray(samples, dtype=np.float32), rate, subtype="PCM_16")
+    return path
+
+
+def _real(example_wavs, seconds=None, rate_from=None):
+    from steth_hub.audio import decode
+
+    rec = decode([p for p in example_wavs if p.parent.name == "kauh"][0])
+    x = rec.samples if seconds is None else rec.samples[: int(seconds * rec.sample_rate)]
+    return x, rec.sample_rate
+
+
+# --------------------------------------------------------------------------- the result
+def test_screen_returns_a_complete_result(tiny_model, example_wavs):
+    model, _ = tiny_model
+    result = screen(example_wavs[-1], model=model)
+    assert isinstance(result, ScreeningResult)
+    assert result.n_clips == 3 == len(result.clip_probabilities) == len(result.clip_starts)
+    assert result.probability == pytest.approx(np.mean(result.clip_probabilities))
+    assert result.decision == (result.probability >= model.threshold)
+    assert result.label == ("asthma" if result.decision else "not_asthma")
+    assert result.clip_starts[0] == pytest.approx(0.5) and result.disclaimer == DISCLAIMER
+    data = result.to_dict()
+    assert json.loads(json.dumps(data))["n_clips"] == 3 and "not a diagnosis" in str(result)
+
+
+def test_screen_an_array_needs_its_rate_and_matches_the_file(tiny_model, example_wavs):
+    model, _ = tiny_model
+    x, rate = _real(example_wavs)
+    with pytest.raises(AudioError, match="sample_rate"):
+        screen(x, model=model)
+    from_array = screen(x, sample_rate=rate, model=model)
+    from_file = screen([p for p in example_wavs if p.parent.name == "kauh"][0], model=model)
+    assert from_array.probability == pytest.approx(from_file.probability, abs=1e-5)
+    assert any("low sample rate" in w for w in from_array.warnings)  # KAUH is 4 kHz
+
+
+def test_short_recording_is_screened_with_a_warning(tiny_model, example_wavs, tmp_path):
+    """5.5 s: below the preset's 6 s minimum (a corpus rejects it) but long enough for one 5 s clip."""
+    model, _ = tiny_model
+    x, rate = _real(example_wavs, seconds=5.5)
+    result = screen(_write(tmp_path / "short.wav", x, rate), model=model)
+    assert result.n_clips == 1
+    assert any("6 s minimum" in w and "screened anyway" in w for w in result.warnings)
+
+
+def test_clipped_recording_is_screened_with_a_warning(tiny_model, examples_dir):
+    model, _ = tiny_model
+    clipped = examples_dir / "icbhi" / "112_1b1_Ar_sc_Meditron_middle10sec.wav"
+    result = screen(clipped, model=model)
+    assert result.n_clips == 3 and any("clipped" in w for w in result.warnings)
+
+
+def test_too_short_for_one_clip_is_a_clear_error(tiny_model, example_wavs, tmp_path):
+    model, _ = tiny_model
+    x, rate = _real(example_wavs, seconds=3.0)
+    with pytest.raises(RecordingRejected) as info:
+        screen(_write(tmp_path / "three-seconds.wav", x, rate), model=model)
+    assert info.value.code == "too-short" and "three-seconds.wav" in str(info.value)
+
+
+def _bad_files(tmp_path: Path, example_wavs) -> dict[str, Path]:
+    x, rate = _real(example_wavs)
+    files = {
+        "corrupt": tmp_path / "corrupt.wav",
+        "empty": tmp_path / "empty.wav",
+        "silent": _write(tmp_path / "silent.wav", np.zeros(16000 * 8)),
+        "too-short": _write(tmp_path / "short.wav", x[: rate * 2], rate),
+        "not-finite": tmp_path / "nan.wav",
+        "too-long": tmp_path / "huge.wav",
+        "missing": tmp_path / "does-not-exist.wav",
+    }
+    files["corrupt"].write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
+    files["empty"].write_bytes(b"")
+    nan = np.sin(np.arange(16000 * 8) / 10.0).astype(np.float32)
+    nan[100] = np.nan
+    sf.write(files["not-finite"], nan, 16000, subtype="FLOAT")
+    sf.write(files["too-long"], np.zeros((8000 * 601,), dtype=np.int16), 8000, subtype="PCM_16")  # 601 s
+    return files
+
+
+def test_bad_inputs_fail_clearly_and_the_batch_goes_on(tiny_model, example_wavs, tmp_path):
+    _, folder = tiny_model
+    bad = _bad_files(tmp_path, example_wavs)
+    good = example_wavs[:2]
+    results, failures = screen_many([bad["corrupt"], good[0], *list(bad.values())[1:], good[1]], model=folder,
+                                    progress=False)
+    assert [r.source for r in results] == [str(p) for p in good]
+    codes = {Path(f["source"]).name: f["code"] for f in failures}
+    assert codes == {"corrupt.wav": "corrupt", "empty.wav": "empty", "silent.wav": "silent",
+                     "short.wav": "too-short", "nan.wav": "not-finite", "huge.wav": "too-long",
+                     "does-not-exist.wav": "missing"}
+    assert all(f["fix"] and f["message"] for f in failures)
+
+
+def test_cli_table_json_and_exit_status(tiny_model, example_wavs, tmp_path):
+    from steth_hub.cli import main
+
+    _, folder = tiny_model
+    bad = _bad_files(tmp_path, example_wavs)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["screen", str(example_wavs[0]), str(bad["corrupt"]), "--model", str(folder), "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert "P(ASTHMA)" in ok.output and "1 screened, 1 failed" in ok.output and "not a diagnosis" in ok.output
+    assert "corrupt.wav" in ok.output and "fix:" in ok.output
+
+    as_json = runner.invoke(main, ["screen", str(example_wavs[0]), "--model", str(folder), "--json"])
+    data = json.loads(as_json.output)
+    assert as_json.exit_code == 0 and data["disclaimer"] == DISCLAIMER and data["results"][0]["n_clips"] == 3
+
+    nothing = runner.invoke(main, ["screen", str(bad["empty"]), str(bad["silent"]), "--model", str(folder)])
+    assert nothing.exit_code == 1 and "0 screened, 2 failed" in nothing.output
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path, example_wavs):
+    from steth_hub.cli import main
+
+    result = CliRunner().invoke(main, ["screen", str(example_wavs[0]), "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "nope" in result.output
+
+
+# --------------------------------------------------------------------------- the embedded model
+@pytest.mark.skipif(not (EMBEDDED / "steth.json").is_file(), reason="the embedded model is not trained yet")
+def test_embedded_model_matches_recorded_values_on_the_examples(examples_dir):
+    """The shipped model's probabilities on the shipped examples are the ones recorded when it was trained."""
+    expected = json.loads(EXPECTED.read_text())
+    assert expected["model_sha256"] == _sha256(EMBEDDED / "model.safetensors"), \
+        "the model changed: regenerate tests/data/ast_asthma_expected.json (see tests/data/README.md)"
+    results, failures = screen_many(sorted(examples_dir.glob("*/*.wav")), progress=False)
+    assert not failures
+    got = {str(Path(r.source).relative_to(examples_dir)): r for r in results}
+    assert set(got) == set(expected["probabilities"])
+    for name, p in expected["probabilities"].items():
+        assert got[name].probability == pytest.approx(p, abs=1e-4), name
+        assert got[name].threshold == pytest.approx(expected["threshold"])
+
+
+@pytest.mark.skipif(not (EMBEDDED / "steth.json").is_file(), reason="the embedded model is not trained yet")
+def test_embedded_model_is_small_safetensors_with_its_facts():
+    size = (EMBEDDED / "model.safetensors").stat().st_size
+    assert size <= 25 * 1024 * 1024
+    meta = json.loads((EMBEDDED / "steth.json").read_text())
+    assert meta["plugin"] == "ast" and meta["preset"]["name"] == "excerpt-10s"
+    training = meta["training"]
+    assert training["corpus"]["patients_by_label"]["asthma"] > 10 and training["epochs"] > 0
+    assert "Youden" in training["threshold_from"] and meta["evaluation"]["n_folds"] == 5
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
