@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -75,6 +74,7 @@ EXTRA_KEYS = {
     "resume",                   # true: continue from the last checkpoint in out_dir; "auto": if one exists
     "feature_batch_size",       # clips featurised at once
     "threshold",                # "youden" (default): Youden's J on validation (else training) recordings
+    "stop_at_epoch",            # stop here while the schedule still spans num_train_epochs (a CV fold's best epoch)
 }
 
 #: TrainingArguments we set ourselves; a recipe may not override them
@@ -319,6 +319,23 @@ def _torch_parts():
     return torch, FeatureDataset, LogitsModel, WeightedTrainer
 
 
+def _stop_at_epoch_callback(epoch: float):
+    """Stop once ``epoch`` epochs are done, leaving the learning-rate schedule as the recipe sets it.
+
+    A cross-validation fold trains on the recipe's schedule and keeps its best epoch; a final
+    model stopped at the folds' median best epoch on the same schedule is trained the same way.
+    """
+    from transformers import TrainerCallback
+
+    class StopAtEpoch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.epoch is not None and state.epoch >= epoch - 1e-9:
+                control.should_training_stop = True
+                control.should_save = True
+
+    return StopAtEpoch()
+
+
 def _compute_metrics(eval_pred) -> dict:
     """Clip-level AUROC and accuracy on the validation set (logged next to eval_loss)."""
     logits, labels = eval_pred.predictions, eval_pred.label_ids
@@ -427,6 +444,8 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
     set_seed(seed)  # the model's initial weights do not depend on how much featurising drew from the RNG
     model = LogitsModel(classifier, classifier.torch_module())
     cbs = list(callbacks or [])
+    if recipe.get("stop_at_epoch"):
+        cbs.append(_stop_at_epoch_callback(float(recipe["stop_at_epoch"])))
     if valid_x is not None and recipe.get("early_stopping_patience"):
         cbs.append(EarlyStoppingCallback(early_stopping_patience=int(recipe["early_stopping_patience"]),
                                          early_stopping_threshold=float(recipe.get("early_stopping_threshold") or 0.0)))
@@ -558,10 +577,10 @@ class TorchClassifier(Classifier):
 
 # --------------------------------------------------------------------------- from a config and a corpus
 def epochs_from_evaluation(report: dict) -> float | None:
-    """Epochs for a final fit on every patient: the median best epoch over the folds, rounded up."""
+    """Epochs for a final fit on every patient: the median best epoch over the folds (one decimal)."""
     per_fold = ((report.get("model") or {}).get("per_fold")) or []
     best = [float(row["best_epoch"]) for row in per_fold if row.get("best_epoch") is not None]
-    return float(math.ceil(float(np.median(best)))) if best else None
+    return round(float(np.median(best)), 1) if best else None
 
 
 def read_evaluation(path: str | os.PathLike) -> dict:
@@ -611,8 +630,9 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
       with 0 every patient trains for the recipe's epochs.
     * ``evaluation``: a cross-validation report (``evaluation.json`` of ``steth evaluate``, or
       its dict). The threshold becomes its maximum Youden's J on the pooled out-of-fold recording
-      probabilities (honest unseen predictions); unless ``epochs`` is given, the epochs become the
-      median best epoch over its folds; the report is stored in ``steth.json``.
+      probabilities (honest unseen predictions); unless ``epochs`` is given, training stops at
+      the median best epoch of its folds on the recipe's own schedule (as each fold did); the
+      report is stored in ``steth.json``.
     * Checkpoints go to ``checkpoints`` (default ``OUT.checkpoints``); ``resume`` continues from the
       last one.
 
@@ -626,8 +646,9 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
     preset = load_preset(preset if preset is not None else experiment.preset)
     recipe = dict(experiment.recipe)
     report = read_evaluation(evaluation) if isinstance(evaluation, (str, os.PathLike)) else evaluation
-    if epochs is None and report is not None:
-        epochs = epochs_from_evaluation(report)
+    stop = epochs_from_evaluation(report) if epochs is None and report is not None else None
+    if stop is not None:  # the folds' schedule, stopped where the folds were best
+        recipe["stop_at_epoch"] = min(stop, float(recipe.get("num_train_epochs", stop)))
     if epochs is not None:
         recipe["num_train_epochs"] = float(epochs)
     if seed is not None:
@@ -668,8 +689,8 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
         "preset": preset.name,
         "validation_fraction": float(valid_fraction),
         "validation_patients": int(len(np.unique(valid_set.patient_ids))) if valid_set is not None else 0,
-        "epochs_from": "median best epoch over the cross-validation folds" if report is not None and epochs
-        == epochs_from_evaluation(report) else "recipe or command line",
+        "epochs_from": ("stopped at the median best epoch of the cross-validation folds, on the recipe's schedule"
+                        if stop is not None else "recipe or command line"),
         "threshold_from": history.get("threshold_from"),
         "train_loss": history.get("train_loss"),
         "device": history.get("device"),

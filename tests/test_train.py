@@ -216,7 +216,7 @@ def test_epochs_and_threshold_come_from_an_evaluation_report(tmp_path):
 
     report = {"recommended_threshold": 0.42,
               "model": {"per_fold": [{"best_epoch": 3.2}, {"best_epoch": 5.0}, {"best_epoch": 4.1}]}}
-    assert epochs_from_evaluation(report) == 5.0
+    assert epochs_from_evaluation(report) == 4.1
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps(report))
     assert read_evaluation(path)["recommended_threshold"] == 0.42

@@ -18,8 +18,8 @@ import click
                    "(default 0.2 when the recipe early-stops, else 0: train on every patient).")
 @click.option("--evaluation", type=click.Path(dir_okay=False), default=None,
               help="evaluation.json of `steth evaluate` on this config: the threshold (max Youden's J on the "
-                   "pooled out-of-fold recordings) and, unless --epochs is given, the epochs (median best "
-                   "epoch over the folds) come from it, and it is stored in steth.json.")
+                   "pooled out-of-fold recordings) comes from it; unless --epochs is given, training stops at "
+                   "the folds' median best epoch on the recipe's schedule; the report goes into steth.json.")
 @click.option("--checkpoints", type=click.Path(file_okay=False), default=None,
               help="Checkpoint folder (default OUT.checkpoints).")
 @click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
