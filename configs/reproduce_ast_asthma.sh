@@ -29,5 +29,6 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 "$STETH" corpus merge "$WORK/corpora/all" "$WORK/corpora/kauh" "$WORK/corpora/icbhi" --quiet
 "$STETH" evaluate --config configs/ast-asthma.yaml --corpus "$WORK/corpora/all" --out "$WORK/evaluation"
 "$STETH" train --config configs/ast-asthma.yaml --corpus "$WORK/corpora/all" --out "$OUT" \
-    --valid-fraction 0 --evaluation "$WORK/evaluation/evaluation.json" --name steth/ast-asthma --quiet
+    --valid-fraction 0 --evaluation "$WORK/evaluation/evaluation.json" --name steth/ast-asthma \
+    --checkpoints "$WORK/checkpoints" --quiet
 echo "model: $OUT   evaluation: $WORK/evaluation/evaluation.json"

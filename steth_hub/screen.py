@@ -156,7 +156,10 @@ def _screen_loaded(path_or_array, model, pipeline: _Pipeline, sample_rate=None) 
         raise ModelError(f"the preset gives clips at {sorted(rates)} Hz but the model expects {model.sample_rate} Hz",
                          fix="save the model with the preset it was trained with")
     waveforms = np.stack([c.samples for c in clips]).astype(np.float32)
-    probs = np.asarray(model.predict_proba(waveforms), dtype=np.float64)
+    from steth_hub.train import feature_cache_disabled
+
+    with feature_cache_disabled():
+        probs = np.asarray(model.predict_proba(waveforms), dtype=np.float64)
     if probs.shape != (len(clips),) or not np.isfinite(probs).all():
         raise ModelError(f"the model returned {probs.shape} probabilities for {len(clips)} clips, or non-finite ones",
                          fix="check the classifier plugin's predict_proba")

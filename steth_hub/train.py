@@ -50,6 +50,7 @@ The classifier protocol (implemented by ``steth_builtin.ast_model`` and ``steth_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -175,7 +176,25 @@ def featurise_clipset(classifier, clips, batch_size: int = 64):
 #: Cross-validation featurises every clip once instead of once per fold and per prediction.
 _FEATURE_CACHE: dict = {}
 _FEATURE_CACHE_BYTES = [0]
+_FEATURE_CACHE_ON = [True]
 FEATURE_CACHE_LIMIT = 2 * 1024**3
+
+
+@contextlib.contextmanager
+def feature_cache_disabled():
+    """Featurise without the per-clip cache (screening: each recording is seen once, memory stays flat)."""
+    previous = _FEATURE_CACHE_ON[0]
+    _FEATURE_CACHE_ON[0] = False
+    try:
+        yield
+    finally:
+        _FEATURE_CACHE_ON[0] = previous
+
+
+def clear_feature_cache() -> None:
+    """Forget every cached feature (benchmarks, or to free memory)."""
+    _FEATURE_CACHE.clear()
+    _FEATURE_CACHE_BYTES[0] = 0
 
 
 def cached_features(classifier, waveforms, sample_rate: int):
@@ -185,14 +204,15 @@ def cached_features(classifier, waveforms, sample_rate: int):
     import torch
 
     waveforms = np.ascontiguousarray(waveforms, dtype=np.float32)
+    if not _FEATURE_CACHE_ON[0]:
+        return classifier.featurise(waveforms, sample_rate).float().cpu()
     signature = repr(classifier.feature_signature(int(sample_rate), waveforms.shape[-1]))
     keys = [(signature, hashlib.sha1(w.tobytes()).hexdigest()) for w in waveforms]
     missing = [i for i, k in enumerate(keys) if k not in _FEATURE_CACHE]
     if missing:
         fresh = classifier.featurise(waveforms[missing], sample_rate).float().cpu()
         if _FEATURE_CACHE_BYTES[0] + fresh.numel() * 4 > FEATURE_CACHE_LIMIT:
-            _FEATURE_CACHE.clear()
-            _FEATURE_CACHE_BYTES[0] = 0
+            clear_feature_cache()
         for j, i in enumerate(missing):
             _FEATURE_CACHE[keys[i]] = fresh[j].clone()
         _FEATURE_CACHE_BYTES[0] += fresh.numel() * 4

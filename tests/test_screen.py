@@ -64,8 +64,12 @@ def _real(example_wavs, seconds=None, rate_from=None):
 
 # --------------------------------------------------------------------------- the result
 def test_screen_returns_a_complete_result(tiny_model, example_wavs):
+    from steth_hub import train
+
     model, _ = tiny_model
+    cached = len(train._FEATURE_CACHE)
     result = screen(example_wavs[-1], model=model)
+    assert len(train._FEATURE_CACHE) == cached  # screening keeps no features: memory stays flat
     assert isinstance(result, ScreeningResult)
     assert result.n_clips == 3 == len(result.clip_probabilities) == len(result.clip_starts)
     assert result.probability == pytest.approx(np.mean(result.clip_probabilities))

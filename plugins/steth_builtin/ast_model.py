@@ -231,8 +231,10 @@ class ASTClassifier(TorchClassifier):
     def _save_weights(self, directory: Path) -> None:
         if self.net is None:
             raise ModelError("nothing to save: the AST was never trained", fix="call fit() before save_pretrained()")
-        self.net.save_pretrained(directory, safe_serialization=True) if _accepts_safe_serialization() \
-            else self.net.save_pretrained(directory)
+        self.net.save_pretrained(directory)  # transformers 5 writes safetensors only
+        if not (directory / "model.safetensors").is_file():
+            raise ModelError("transformers did not write model.safetensors", path=directory,
+                             fix="upgrade transformers (steth-hub saves safetensors only)")
         self.feature_extractor().save_pretrained(directory)
 
     def steth_metadata(self) -> dict:
@@ -256,14 +258,6 @@ class ASTClassifier(TorchClassifier):
             mean, std = _checkpoint_normalisation(str(directory), None, True)
         return cls(model_config=net.config.to_dict(), net=net, front_end=own.get("front_end"), mean=mean, std=std,
                    pretrained=own.get("pretrained"), sample_rate=int(metadata.get("sample_rate", 16000)))
-
-
-def _accepts_safe_serialization() -> bool:
-    import inspect
-
-    from transformers import PreTrainedModel
-
-    return "safe_serialization" in inspect.signature(PreTrainedModel.save_pretrained).parameters
 
 
 def _load_pretrained(name: str, revision: str | None, trust_remote_code: bool, local_only: bool | None,
