@@ -1,8 +1,43 @@
-"""Built-in explainers: registration only (importing this module imports nothing heavy)."""
+"""Built-in explainers: registration only (importing this module imports nothing heavy).
+
+* ``integrated-gradients`` - Integrated Gradients via captum, on the model's input cells; the
+  default for ``ast``, works for ``densenet201`` too.
+* ``gradcam`` - Grad-CAM via pytorch-grad-cam at ``features.norm5``; the default for ``densenet201``.
+* ``attention`` - AST: gradient-weighted attention relevance over the patches (Chefer et al. 2021);
+  one pass, cheaper, less reliable on the planted-tone test.
+
+All return maps on the classifier's own input grid; :mod:`steth_hub.explain` places them on
+the spectrogram. See ``docs/explainers.md``.
+"""
 
 from steth_hub import hookimpl
+from steth_hub.specs import ExplainerSpec
 
 
 @hookimpl
 def register_explainers(register):
     """Register the built-in explainers."""
+    register(ExplainerSpec(
+        name="integrated-gradients",
+        summary="Integrated Gradients (captum) on the input spectrogram cells; default for ast",
+        factory="steth_builtin.integrated_gradients:IntegratedGradientsExplainer",
+        requires=("torch", "captum"),
+        extra="explain",
+        options={"classifiers": ["ast", "densenet201"]},
+    ))
+    register(ExplainerSpec(
+        name="gradcam",
+        summary="Grad-CAM (pytorch-grad-cam) at DenseNet's features.norm5; default for densenet201",
+        factory="steth_builtin.gradcam:GradCAMExplainer",
+        requires=("torch", "pytorch_grad_cam"),
+        extra="explain",
+        options={"classifiers": ["densenet201"]},
+    ))
+    register(ExplainerSpec(
+        name="attention",
+        summary="AST: gradient-weighted attention relevance over the patches (Chefer et al. 2021)",
+        factory="steth_builtin.attention:AttentionRelevance",
+        requires=("torch", "transformers"),
+        extra="explain",
+        options={"classifiers": ["ast"]},
+    ))

@@ -1,0 +1,74 @@
+"""Where each classifier's input cells lie in Hz and seconds: the grids explainer maps come on.
+
+An explainer returns maps on the classifier's own input grid; :mod:`steth_hub.explain` then
+needs the centre frequency of every row and the time of every column to place them on the
+spectrogram. They follow from the front end's settings, read from the classifier (never
+assumed):
+
+* ``ast``: transformers' ``ASTFeatureExtractor`` (Kaldi-style filter banks): ``num_mel_bins``
+  triangles evenly spaced on the Kaldi mel scale from 20 Hz to half the sample rate; frames of
+  400 samples every 160 (25 ms every 10 ms at 16 kHz), not centred, so frame ``i`` is centred at
+  ``(160 i + 200) / rate``; input ``[max_length frames, bins]``;
+* ``densenet201``: :class:`steth_hub.features.MultiWindowLogMel`: ``n_mels`` Slaney mel bands from
+  ``f_min`` to ``f_max``; centred frames ``hop`` samples apart, frame ``i`` at ``i * hop / rate``;
+  input ``[channels, bands, frames]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from steth_hub.errors import PluginError
+from steth_hub.explain import mel_centres
+
+#: the AST front end's framing in samples (transformers' ASTFeatureExtractor) and its lowest mel frequency
+AST_FRAME_LENGTH = 400
+AST_HOP_LENGTH = 160
+AST_MEL_MIN_HZ = 20.0
+
+
+def is_ast(net) -> bool:
+    return hasattr(net, "audio_spectrogram_transformer") and hasattr(net, "config")
+
+
+def ast_grid(classifier, config) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre Hz of each mel bin, centre s of each frame)`` of the AST input ``[max_length, num_mel_bins]``."""
+    rate = int(classifier.sample_rate)  # the AST front end runs at the classifier's rate
+    frequencies = mel_centres(int(config.num_mel_bins), AST_MEL_MIN_HZ, rate // 2, "kaldi")
+    times = (np.arange(int(config.max_length)) * AST_HOP_LENGTH + AST_FRAME_LENGTH / 2.0) / rate
+    return frequencies, times
+
+
+def logmel_grid(classifier, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre Hz of each band, centre s of each frame)`` of a multi-window log-mel input."""
+    get = getattr(classifier, "extractor", None)
+    extractor = get() if callable(get) else None
+    needed = ("n_mels", "f_min", "f_max", "hop", "sample_rate")
+    if extractor is None or not all(hasattr(extractor, k) for k in needed):
+        raise PluginError(f"classifier {getattr(classifier, 'plugin_name', '?')!r} does not say which frequencies "
+                          "and times its features hold", fix="use MultiWindowLogMel features (steth_hub.features)")
+    if int(extractor.n_mels) != n_rows:
+        raise PluginError(f"features have {n_rows} rows but the extractor {extractor.n_mels} mel bands",
+                          fix="check the classifier's feature settings")
+    frequencies = mel_centres(int(extractor.n_mels), float(extractor.f_min), float(extractor.f_max), "slaney")
+    times = np.arange(n_cols) * extractor.hop / float(extractor.sample_rate)
+    return frequencies, times
+
+
+def to_input_grid(classifier, net, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-cell values shaped like the network input -> ``(maps [N, F, T], frequencies, times)``.
+
+    AST inputs ``[N, T, F]`` are transposed; image inputs ``[N, C, F, T]`` are summed over channels
+    (the three windows of one cell describe the same time and frequency).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if is_ast(net):
+        maps = np.transpose(values, (0, 2, 1))
+        frequencies, times = ast_grid(classifier, net.config)
+    elif values.ndim == 4:
+        maps = values.sum(axis=1)
+        frequencies, times = logmel_grid(classifier, maps.shape[1], maps.shape[2])
+    else:
+        raise PluginError(f"cannot place an input of shape {values.shape[1:]} on a time-frequency grid",
+                          fix="explain an ast or densenet201 classifier")
+    return maps, frequencies, times
