@@ -21,6 +21,17 @@ EXPECTED = Path(__file__).parent / "data" / "ast_asthma_expected.json"
 EMBEDDED = Path(__file__).resolve().parents[1] / "steth_hub" / "models" / "ast-asthma"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These tiny models train several times faster on one thread than on two shared, busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(example_wavs, tmp_path_factory):
     """A tiny AST trained for a few steps on real example clips, saved with the default preset."""
