@@ -402,15 +402,6 @@ class Explanation:
     def duration(self) -> float:
         return float(self.times[-1] + DISPLAY_HOP_MS / 1000.0) if len(self.times) else 0.0
 
-    def mass_in(self, t0: float, t1: float, f0: float, f1: float) -> float:
-        """Share of the map's total in the box ``t0 <= time <= t1`` and ``f0 <= frequency <= f1``."""
-        total = float(self.map.sum())
-        if total <= 0:
-            return 0.0
-        rows = (self.frequencies >= f0) & (self.frequencies <= f1)
-        cols = (self.times >= t0) & (self.times <= t1)
-        return float(self.map[np.ix_(rows, cols)].sum() / total)
-
     def summary(self) -> dict:
         """Where the map peaks, and the share of it above the band limit (a model looking at
         an empty band has learned something about the recording device, not the lungs)."""
@@ -474,10 +465,11 @@ def draw(explanation: Explanation):
     from matplotlib.figure import Figure
 
     e = explanation
-    f_max = float(mel_to_hz(hz_to_mel(e.frequencies[-1], "slaney") + (hz_to_mel(e.frequencies[-1], "slaney")
-                                                                         - hz_to_mel(e.frequencies[-2], "slaney")),
-                            "slaney")) if len(e.frequencies) > 1 else float(e.frequencies[-1])
-    mel_lo, mel_hi = float(hz_to_mel(0.0, "slaney")), float(hz_to_mel(f_max, "slaney"))
+    # the rows are mel bands evenly spaced in Slaney mel: the axis runs one step beyond the outer centres
+    mels = hz_to_mel(e.frequencies, "slaney")
+    step = float(mels[-1] - mels[-2]) if len(mels) > 1 else 1.0
+    mel_lo, mel_hi = float(mels[0] - step), float(mels[-1] + step)
+    f_max = float(mel_to_hz(mel_hi, "slaney"))
     hop = float(np.median(np.diff(e.times))) if len(e.times) > 1 else DISPLAY_HOP_MS / 1000.0
     extent = (float(e.times[0]) - hop / 2, float(e.times[-1]) + hop / 2, mel_lo, mel_hi)
     width = float(np.clip(4.0 + 0.8 * e.duration, 9.0, 16.0))
