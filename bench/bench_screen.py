@@ -57,12 +57,12 @@ def main(argv=None) -> dict:
 
     from steth_hub.audio import decode
     from steth_hub.errors import StethError
-    from steth_hub.screen import _Pipeline, load_model, screen, screen_many
+    from steth_hub.screening import ScreeningPipeline, load_model, screen, screen_many
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    pipeline = _Pipeline(model)
+    pipeline = ScreeningPipeline(model)
     files, source = recordings(args.files)
     one = next(p for p in files if "kauh" in str(p))  # a 10 s KAUH recording
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from steth_hub.fileio import atomic_write_json
-from steth_hub.screen import screen_many
+from steth_hub.screening import screen_many
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "steth_hub" / "models" / "ast-asthma"

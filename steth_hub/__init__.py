@@ -31,9 +31,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "get_registry": "steth_hub.registry:get_registry",
     "decode": "steth_hub.audio:decode",
-    "screen": "steth_hub.screen:screen",
+    "screen": "steth_hub.screening:screen",
     "from_pretrained": "steth_hub.hub:from_pretrained",
-    "explain": "steth_hub.explain:explain",
+    "explain": "steth_hub.explanation:explain",
 }
 
 __all__ = [

@@ -26,8 +26,8 @@ The page is meant to face the public, so:
 * Gradio's analytics are off (``GRADIO_ANALYTICS_ENABLED=False`` before gradio is imported).
 
 The pieces it shows come from the rest of steth-hub and are looked up when used:
-:func:`steth_hub.hub.from_pretrained` (models), :func:`steth_hub.screen.screen` (the result),
-:class:`steth_hub.features.MultiWindowLogMel` (the spectrogram), :func:`steth_hub.explain.explain`
+:func:`steth_hub.hub.from_pretrained` (models), :func:`steth_hub.screening.screen` (the result),
+:class:`steth_hub.features.MultiWindowLogMel` (the spectrogram), :func:`steth_hub.explanation.explain`
 (the map) and the plugin registry (installed classifiers and explainers). Importing this
 module imports none of gradio, torch or matplotlib.
 """
@@ -225,7 +225,7 @@ class ModelCatalog:
             raise ModelError(f"model {name!r} is not available: {entry.error.message}", fix=entry.error.fix)
         with self._lock:  # two visitors asking at once load it once
             if name not in self._loaded:
-                from steth_hub.screen import load_model
+                from steth_hub.screening import load_model
 
                 try:
                     self._loaded[name] = load_model(entry.source)
@@ -342,7 +342,7 @@ class Screener:
     def analyse(self, audio_path: str, model_name: str | None, patient: PatientFacts) -> Analysis:
         """Decode (within the limits), screen, draw; raises StethError for anything a user can fix."""
         from steth_hub.audio import decode
-        from steth_hub.screen import screen
+        from steth_hub.screening import screen
 
         path = Path(audio_path)
         name = path.name
@@ -370,7 +370,7 @@ class Screener:
 
         Both are extras: when one cannot be drawn the result still stands, and the JSON says why.
         """
-        from steth_hub.explain import explain, explainers_for
+        from steth_hub.explanation import explain, explainers_for
 
         notes = record.setdefault("notes", [])
         try:
@@ -478,7 +478,7 @@ def _draw_panels(images: "np.ndarray", titles: list[str], duration: float, f_min
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from steth_hub.explain import hz_to_mel  # the Slaney scale the features' filterbank uses
+    from steth_hub.explanation import hz_to_mel  # the Slaney scale the features' filterbank uses
 
     n_mels = images.shape[-2]
     ticks_hz = [f for f in (0, 250, 500, 1000, 2000, 4000, 8000, 16000) if f_min <= f <= f_max]

@@ -92,8 +92,10 @@ def register_explainers(register):
     """Register explainers: maps of where a classifier looked.
 
     Call ``register(ExplainerSpec(...))``. The factory returns an object with
-    ``explain(classifier, clips)`` giving a time x frequency map per clip;
-    ``options={"classifiers": [...]}`` lists the classifiers it supports.
+    ``explain(classifier, waveforms, target=1) -> steth_hub.explanation.ClipMaps``: one
+    time x frequency map per clip (float32 ``[N, S]`` waveforms at the classifier's rate) on
+    the classifier's own input grid; ``options={"classifiers": [...]}`` lists the
+    classifiers it supports (empty: any).
 
     Example::
 

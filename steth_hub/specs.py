@@ -133,8 +133,8 @@ class GeneratorSpec(PluginSpec):
 @dataclass(frozen=True)
 class ExplainerSpec(PluginSpec):
     """An explainer. Its factory returns an object with
-    ``explain(classifier, clips) -> Explanation``; ``options["classifiers"]`` lists the
-    classifier names it supports (empty: any)."""
+    ``explain(classifier, waveforms, target=1) -> steth_hub.explanation.ClipMaps``;
+    ``options["classifiers"]`` lists the classifier names it supports (empty: any)."""
 
     kind: ClassVar[str] = "explainer"
 

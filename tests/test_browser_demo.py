@@ -72,7 +72,7 @@ def browser(playwright):
 
 
 def test_upload_screen_and_read_the_result_in_chromium(browser, page_url, tiny_dir, tmp_path):
-    from steth_hub.screen import screen
+    from steth_hub.screening import screen
 
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     requested: list[str] = []

@@ -46,7 +46,7 @@ def test_importing_the_demo_and_its_command_imports_nothing_heavy():
 
 
 def test_a_real_recording_gets_the_screening_result_of_steth_hub_screen(screener, tiny_dir):
-    from steth_hub.screen import screen
+    from steth_hub.screening import screen
 
     summary, warnings, spectrogram, explanation, record = screener(str(ASTHMA_WAV), "tiny", "M", 38, "P R M")
     expected = screen(ASTHMA_WAV, model=str(tiny_dir))
@@ -87,19 +87,19 @@ def make_tiny_ast():
 
 @pytest.mark.slow
 def test_the_explainer_map_is_shown_when_an_explainer_supports_the_model():
-    from steth_hub.explain import explain
+    from steth_hub.explanation import explain
     from steth_hub.registry import get_registry
 
-    if "attention" not in get_registry().names("explainer"):
-        pytest.skip("the attention explainer is not installed")
+    if "integrated-gradients" not in get_registry().names("explainer"):
+        pytest.skip("the integrated-gradients explainer (the default for AST) is not installed")
     model = make_tiny_ast()
     screener = demo.Screener(demo.ModelCatalog({"tiny-ast": model}), demo.DemoSettings())
     summary, _, spectrogram, picture, record = screener(str(ASTHMA_WAV), "tiny-ast")
     expected = explain(ASTHMA_WAV, model=model)
-    assert record["explanation"]["explainer"] == expected.explainer == "attention"
+    assert record["explanation"]["explainer"] == expected.explainer == "integrated-gradients"
     assert record["explanation"]["peak"] == expected.summary()["peak"]
     assert record["probability"] == pytest.approx(expected.probability)
-    assert "drawn by the attention explainer" in summary
+    assert f"drawn by the {expected.explainer} explainer" in summary
     assert picture.ndim == 3 and picture.shape[2] == 3 and picture.std() > 10
     assert picture.shape[0] > 300 and picture.shape[1] > 600  # the explainer's full picture, not a thumbnail
 

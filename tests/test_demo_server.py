@@ -54,7 +54,7 @@ def _screen(client, path, *facts):
 
 
 def test_a_real_recording_gets_probability_and_decision(client, tiny_dir):
-    from steth_hub.screen import screen
+    from steth_hub.screening import screen
 
     summary, warnings, spectrogram, explanation, record = _screen(client, ASTHMA_WAV, "M", 38, "P R M")
     expected = screen(ASTHMA_WAV, model=str(tiny_dir))

@@ -203,7 +203,7 @@ def randomised(model):
 
 def norm5_cell_box(model) -> tuple[float, float]:
     """The band of the one features.norm5 cell that holds the tone: Grad-CAM's frequency resolution."""
-    from steth_hub.explain import mel_centres
+    from steth_hub.explanation import mel_centres
 
     extractor = model.extractor()
     freqs = mel_centres(extractor.n_mels, extractor.f_min, extractor.f_max, "slaney")
@@ -214,7 +214,7 @@ def norm5_cell_box(model) -> tuple[float, float]:
 
 def check_finds_tone(model, explainer: str | None, min_in_band: float = 0.4, min_ratio: float = 3.0,
                      box_hz=BOX_HZ):
-    from steth_hub.explain import explain
+    from steth_hub.explanation import explain
 
     for path in HELD_OUT:
         recording = with_floor(decode(path))
@@ -230,7 +230,7 @@ def check_finds_tone(model, explainer: str | None, min_in_band: float = 0.4, min
 
 
 def test_integrated_gradients_finds_the_planted_tone_in_ast(ast_model):
-    from steth_hub.explain import load_explainer
+    from steth_hub.explanation import load_explainer
 
     assert load_explainer(ast_model)[0] == "integrated-gradients"  # the default for ast
     list(check_finds_tone(ast_model, None))
@@ -241,7 +241,7 @@ def test_gradcam_finds_the_planted_tone_in_densenet(densenet_model):
     quarter of the mel axis) by 320 ms, upsampled bilinearly. It is held to what that allows: most
     of its in-band mass in the tone's windows, its centre of mass there inside the band of the cell
     that holds the tone, and at least 3x the area share in that cell's box."""
-    from steth_hub.explain import explain, hz_to_mel, load_explainer, mel_to_hz
+    from steth_hub.explanation import explain, hz_to_mel, load_explainer, mel_to_hz
 
     assert load_explainer(densenet_model)[0] == "gradcam"  # the default for densenet201
     box = norm5_cell_box(densenet_model)
@@ -271,7 +271,7 @@ def test_integrated_gradients_finds_the_planted_tone_in_densenet(densenet_model)
 def test_randomised_weights_change_the_map(plugin, explainer, request):
     from scipy.stats import spearmanr
 
-    from steth_hub.explain import explain
+    from steth_hub.explanation import explain
 
     model = request.getfixturevalue("ast_model" if plugin == "ast" else "densenet_model")
     toned = add_tone(with_floor(decode(HELD_OUT[0])))
@@ -291,7 +291,7 @@ def test_a_misplaced_map_fails_the_box_check(ast_model):
     clip late, miss the tone."""
     from dataclasses import replace
 
-    from steth_hub.explain import ClipMaps, explain, place_maps
+    from steth_hub.explanation import ClipMaps, explain, place_maps
 
     e = explain(add_tone(with_floor(decode(HELD_OUT[0]))), model=ast_model, target="asthma")
     flipped = ClipMaps(e.clip_maps.maps[:, ::-1, :], e.clip_maps.frequencies, e.clip_maps.times)

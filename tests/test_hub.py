@@ -404,7 +404,7 @@ def test_steth_screen_resolves_the_default_name_offline_with_an_empty_cache(hf_c
     monkeypatch.setitem(hub.EMBEDDED, hub.DEFAULT_MODEL, model.save_pretrained(tmp_path / "stand-in"))
     # screen keeps loaded models per name for the process: give this test its own, so the stand-in
     # neither meets an earlier test's model nor outlives this test
-    monkeypatch.setattr(importlib.import_module("steth_hub.screen"), "_MODEL_CACHE", {})
+    monkeypatch.setattr(importlib.import_module("steth_hub.screening"), "_MODEL_CACHE", {})
     result = CliRunner().invoke(main, ["screen", str(example_wavs[0]), "--model", "steth/ast-asthma", "--json"])
     assert result.exit_code == 0, result.output
     assert '"probability"' in result.output and '"threshold": 0.37' in result.output

@@ -15,7 +15,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from steth_hub.errors import AudioError, RecordingRejected
-from steth_hub.screen import DISCLAIMER, ScreeningResult, screen, screen_many
+from steth_hub.screening import DISCLAIMER, ScreeningResult, screen, screen_many
 
 EXPECTED = Path(__file__).parent / "data" / "ast_asthma_expected.json"
 EMBEDDED = Path(__file__).resolve().parents[1] / "steth_hub" / "models" / "ast-asthma"

@@ -40,7 +40,7 @@ import numpy as np
 
 from steth_builtin.grids import ast_grid, is_ast
 from steth_hub.errors import PluginError
-from steth_hub.explain import ClipMaps, evaluating, interp_matrix, network_input
+from steth_hub.explanation import ClipMaps, evaluating, interp_matrix, network_input
 
 #: bytes of attention (weights, their gradients, saved softmax) allowed per batch
 MEMORY_BUDGET = 1 << 30

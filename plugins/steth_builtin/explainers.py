@@ -6,7 +6,7 @@
 * ``attention`` - AST: gradient-weighted attention relevance over the patches (Chefer et al. 2021);
   one pass, cheaper, less reliable on the planted-tone test.
 
-All return maps on the classifier's own input grid; :mod:`steth_hub.explain` places them on
+All return maps on the classifier's own input grid; :mod:`steth_hub.explanation` places them on
 the spectrogram. See ``docs/explainers.md``.
 """
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from steth_builtin.grids import is_ast, logmel_grid
 from steth_hub.errors import PluginError
-from steth_hub.explain import ClipMaps, evaluating, logits_module, network_input
+from steth_hub.explanation import ClipMaps, evaluating, logits_module, network_input
 
 
 class LogOdds:

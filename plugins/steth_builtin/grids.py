@@ -1,6 +1,6 @@
 """Where each classifier's input cells lie in Hz and seconds: the grids explainer maps come on.
 
-An explainer returns maps on the classifier's own input grid; :mod:`steth_hub.explain` then
+An explainer returns maps on the classifier's own input grid; :mod:`steth_hub.explanation` then
 needs the centre frequency of every row and the time of every column to place them on the
 spectrogram. They follow from the front end's settings, read from the classifier (never
 assumed):
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from steth_hub.errors import PluginError
-from steth_hub.explain import mel_centres
+from steth_hub.explanation import mel_centres
 
 #: the AST front end's framing in samples (transformers' ASTFeatureExtractor) and its lowest mel frequency
 AST_FRAME_LENGTH = 400

@@ -40,7 +40,7 @@ import numpy as np
 
 from steth_builtin.grids import is_ast, to_input_grid
 from steth_hub.errors import PluginError
-from steth_hub.explain import ClipMaps, evaluating, interp_matrix, logits_module, network_input
+from steth_hub.explanation import ClipMaps, evaluating, interp_matrix, logits_module, network_input
 
 #: region (mel bands x frames) attributions are summed over, for inputs without a patch grid
 CNN_REGION = (8, 8)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from steth_hub.explain import TARGETS
+from steth_hub.explanation import TARGETS
 
 
 def _png_for(file: Path, out: Path, many: bool) -> Path:
@@ -41,8 +41,8 @@ def explain(files, model, explainer, target, out, as_json):
     status is 1 only when no file could be explained.
     """
     from steth_hub.errors import ModelError, PluginError, StethError
-    from steth_hub.explain import explain as explain_recording
-    from steth_hub.screen import DISCLAIMER
+    from steth_hub.explanation import explain as explain_recording
+    from steth_hub.screening import DISCLAIMER
 
     many = len(files) > 1
     results, failures = [], []

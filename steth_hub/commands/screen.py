@@ -20,7 +20,7 @@ def screen(files, model, as_json, quiet):
     A file that fails is listed with the reason and the fix; the others are still screened.
     The exit status is 1 only when no file could be screened.
     """
-    from steth_hub.screen import DISCLAIMER, screen_many
+    from steth_hub.screening import DISCLAIMER, screen_many
 
     results, failures = screen_many(files, model=model, progress=not quiet and not as_json)
     if as_json:

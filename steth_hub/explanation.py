@@ -1,0 +1,613 @@
+"""Where the model looked: explanation maps placed over the spectrogram of the whole recording.
+
+:func:`explain` screens one recording exactly as :func:`steth_hub.screening.screen` does (same
+model, same preset, same clips, same P(asthma)), asks an explainer plugin for a map per clip,
+and places those maps on the time x frequency grid of the spectrogram a person looks at:
+
+* an **explainer** (``steth plugins --kind explainer``) returns :class:`ClipMaps`: one
+  non-negative map per clip on the classifier's own input grid, with the centre frequency
+  (Hz) of each row and the time (s, from the clip's start) of each column. The built-in
+  ones are ``integrated-gradients`` (captum; the default for AST), ``gradcam`` (pytorch-grad-cam;
+  the default for DenseNet201) and ``attention`` (AST: gradient-weighted attention relevance,
+  Chefer et al. 2021); see ``docs/explainers.md``;
+* the **display grid** is a log-mel spectrogram (128 mel bands, 0 Hz to 8 kHz or half the
+  model's sample rate, 64 ms window, 10 ms hop) of the preprocessed recording, i.e. the
+  clips the model saw, put back at their start times;
+* **placing** (:func:`place_maps`): each clip's map is scaled to a maximum of 1 (the raw
+  scale of an attribution means nothing across clips), its rows interpolated from the
+  model's frequency grid onto the display's (linearly in mel), its columns onto the display
+  frames the clip covers; where clips overlap the maps are averaged. The result is scaled
+  to a maximum of 1: "1" is the cell the model relied on most in this recording.
+
+The picture (:meth:`Explanation.save_png`) shows the spectrogram, the spectrogram with the
+map overlaid, and P(asthma) per clip, with time in seconds, frequency in Hz, the model, the
+decision at its threshold and "screening support, not a diagnosis". The band above what the
+recording holds (half its sample rate, or the preset's band limit) is hatched and labelled,
+and stretches no clip covered are shaded "not analysed".
+
+Which class a map explains: by default the decided one (``target="decision"``): evidence for
+asthma when P(asthma) is at or above the threshold, evidence against it otherwise. Pass
+``target="asthma"`` to always see the evidence for asthma.
+
+Importing this module imports neither torch nor matplotlib; explaining does. The picture is
+drawn on a bare matplotlib ``Figure`` (Agg canvas), never through pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from steth_hub.errors import ConfigError, ModelError, PluginError
+
+#: the explainer used for a classifier plugin when none is named
+DEFAULT_EXPLAINERS: dict[str, str] = {"ast": "integrated-gradients", "densenet201": "gradcam"}
+#: what a map can explain
+TARGETS = ("decision", "asthma", "not_asthma")
+#: the display spectrogram: mel bands, window and hop (ms), and its top frequency
+DISPLAY_MELS = 128
+DISPLAY_WINDOW_MS = 64.0
+DISPLAY_HOP_MS = 10.0
+DISPLAY_MAX_HZ = 8000.0
+DISCLAIMER = "screening support, not a diagnosis"
+
+
+# =========================================================================== what an explainer returns
+@dataclass
+class ClipMaps:
+    """Explanation maps of a batch of clips, on the classifier's own input grid.
+
+    Attributes:
+        maps: float32 ``[N, F, T]``, non-negative; larger means the model relied on it more.
+        frequencies: ``[F]`` centre frequency in Hz of each row, increasing.
+        times: ``[T]`` time in seconds of each column, from the clip's start, increasing.
+            Columns past the clip's end (padding added by a front end) are ignored when placed.
+        target: the class the maps explain (``"asthma"`` or ``"not_asthma"``).
+        method: a short name of the method (``"attention relevance"``, ``"grad-cam"``...).
+    """
+
+    maps: np.ndarray
+    frequencies: np.ndarray
+    times: np.ndarray
+    target: str = "asthma"
+    method: str = ""
+
+    def __post_init__(self) -> None:
+        self.maps = np.nan_to_num(np.asarray(self.maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        self.frequencies = np.asarray(self.frequencies, dtype=np.float64).reshape(-1)
+        self.times = np.asarray(self.times, dtype=np.float64).reshape(-1)
+        if self.maps.ndim != 3:
+            raise PluginError(f"explainer maps must be [clips, frequencies, times], got shape {self.maps.shape}",
+                              fix="return one 2-D map per clip")
+        if self.maps.shape[1:] != (len(self.frequencies), len(self.times)):
+            raise PluginError(f"explainer maps {self.maps.shape} do not match {len(self.frequencies)} frequencies "
+                              f"and {len(self.times)} times", fix="give one frequency per row and one time per column")
+        for name, axis in (("frequencies", self.frequencies), ("times", self.times)):
+            if len(axis) == 0 or not np.isfinite(axis).all() or (len(axis) > 1 and np.any(np.diff(axis) <= 0)):
+                raise PluginError(f"explainer {name} must be finite and strictly increasing",
+                                  fix=f"list the {name} of the map's rows/columns in increasing order")
+        self.maps = np.maximum(self.maps, 0.0)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+
+# =========================================================================== choosing an explainer
+def explainers_for(plugin: str | None) -> list[str]:
+    """Installed explainers that support classifier ``plugin`` (one listing no classifiers supports any)."""
+    from steth_hub.registry import get_registry
+
+    names = []
+    for reg in get_registry().registrations("explainer"):
+        supported = list((reg.spec.options or {}).get("classifiers") or [])
+        if not supported or plugin in supported:
+            names.append(reg.spec.name)
+    return sorted(set(names))
+
+
+def load_explainer(classifier, name: str | None = None) -> tuple[str, Any]:
+    """``(name, explainer object)`` for ``classifier``: the named one, or the default for its plugin."""
+    from steth_hub.registry import get_registry
+
+    plugin = getattr(classifier, "plugin_name", None) or type(classifier).__name__
+    compatible = explainers_for(plugin)
+    if name is None:
+        default = DEFAULT_EXPLAINERS.get(plugin)
+        if default in compatible:
+            name = default
+        elif compatible:
+            name = compatible[0]
+        else:
+            raise PluginError(f"no installed explainer supports the {plugin!r} classifier",
+                              fix="use an ast or densenet201 model, or install an explainer plugin that "
+                                  "lists this classifier (steth plugins --kind explainer)")
+    spec = get_registry().get("explainer", name)
+    supported = list((spec.options or {}).get("classifiers") or [])
+    if supported and plugin not in supported:
+        raise PluginError(f"explainer {name!r} supports {', '.join(supported)}, not the {plugin!r} classifier",
+                          fix=f"use one of: {', '.join(compatible) or 'none installed'}")
+    return name, spec.create()
+
+
+def _target_class(target: str, decision: bool) -> int:
+    if target not in TARGETS:
+        raise ConfigError(f"unknown explanation target {target!r}", fix=f"use one of: {', '.join(TARGETS)}")
+    if target == "decision":
+        return 1 if decision else 0
+    return 1 if target == "asthma" else 0
+
+
+def _run_explainer(engine, classifier, waveforms: np.ndarray, target: int, name: str) -> ClipMaps:
+    """Call ``engine.explain``; passes ``target`` to explainers that accept it."""
+    explain_fn = getattr(engine, "explain", None)
+    if not callable(explain_fn):
+        raise PluginError(f"explainer {name!r} has no explain(classifier, waveforms) method",
+                          fix="its factory must return an object with explain()")
+    try:
+        accepts_target = "target" in inspect.signature(explain_fn).parameters
+    except (TypeError, ValueError):
+        accepts_target = False
+    maps = explain_fn(classifier, waveforms, target=target) if accepts_target else explain_fn(classifier, waveforms)
+    if not isinstance(maps, ClipMaps):
+        raise PluginError(f"explainer {name!r} returned {type(maps).__name__}, not ClipMaps",
+                          fix="return steth_hub.explanation.ClipMaps(maps, frequencies, times)")
+    if len(maps) != len(waveforms):
+        raise PluginError(f"explainer {name!r} returned {len(maps)} maps for {len(waveforms)} clips",
+                          fix="return one map per clip")
+    return maps
+
+
+# =========================================================================== helpers for explainer plugins
+def network_input(classifier, waveforms: np.ndarray):
+    """The classifier's network input for clips ``[N, S]``: its own featuriser and normalisation
+    (``classifier.normalise(classifier.featurise(...))``, the protocol of steth_hub.train)."""
+    for needed in ("featurise", "normalise", "logits"):
+        if not callable(getattr(classifier, needed, None)):
+            raise PluginError(f"classifier {getattr(classifier, 'plugin_name', '?')!r} has no {needed}() method, "
+                              "so its input cannot be explained", fix="explain a torch classifier (ast, densenet201)")
+    waveforms = np.asarray(waveforms, dtype=np.float32)
+    if waveforms.ndim == 1:
+        waveforms = waveforms[None, :]
+    return classifier.normalise(classifier.featurise(waveforms, classifier.sample_rate)).float()
+
+
+@contextmanager
+def evaluating(net) -> Iterator[None]:
+    """Eval mode (no dropout, fixed batch-norm statistics) while explaining; the previous mode after."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
+def logits_module(classifier, net):
+    """A ``torch.nn.Module`` computing ``classifier.logits(net, x)``: one forward, whatever the model's API."""
+    import torch
+
+    class ClassifierLogits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return classifier.logits(self.net, x)
+
+    return ClassifierLogits()
+
+
+# =========================================================================== grids
+def hz_to_mel(hz, scale: str = "slaney"):
+    """Hz to mel on the given scale (``"slaney"``, ``"htk"`` or ``"kaldi"``), as transformers computes it."""
+    from transformers.audio_utils import hertz_to_mel
+
+    hz = np.asarray(hz, dtype=np.float64)
+    return np.asarray(hertz_to_mel(np.atleast_1d(hz).copy(), mel_scale=scale), dtype=np.float64).reshape(hz.shape)
+
+
+def mel_to_hz(mel, scale: str = "slaney"):
+    """Mel to Hz, the inverse of :func:`hz_to_mel`."""
+    from transformers.audio_utils import mel_to_hertz
+
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.asarray(mel_to_hertz(np.atleast_1d(mel).copy(), mel_scale=scale), dtype=np.float64).reshape(mel.shape)
+
+
+def mel_centres(n_mels: int, f_min: float, f_max: float, scale: str = "slaney") -> np.ndarray:
+    """Centre frequency (Hz) of each of ``n_mels`` triangular filters spread evenly in mel from f_min to f_max."""
+    points = np.linspace(hz_to_mel(f_min, scale), hz_to_mel(f_max, scale), int(n_mels) + 2)
+    return np.asarray(mel_to_hz(points[1:-1], scale), dtype=np.float64)
+
+
+def display_spectrogram(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dB [F, T], centre frequencies [F] Hz, frame times [T] s)`` of the display grid.
+
+    One-window :class:`~steth_hub.features.MultiWindowLogMel` (64 ms Hann, 10 ms hop, 128 Slaney
+    mel bands from 0 Hz to 8 kHz or half the sample rate, 80 dB range): the same code as the
+    DenseNet features, with a window long enough to resolve wheezes below 1 kHz.
+    """
+    import torch
+
+    from steth_hub.features import MultiWindowLogMel
+
+    f_max = min(DISPLAY_MAX_HZ, sample_rate / 2.0)
+    fx = MultiWindowLogMel(sample_rate=int(sample_rate), windows_ms=(DISPLAY_WINDOW_MS,), hop_ms=DISPLAY_HOP_MS,
+                           n_mels=DISPLAY_MELS, f_min=0.0, f_max=f_max, device="cpu")
+    x = np.asarray(samples, dtype=np.float32)
+    if len(x) <= fx.n_fft // 2:  # far shorter than any clip; pad so the picture still draws
+        x = np.pad(x, (0, fx.n_fft // 2 + 1 - len(x)))
+    with torch.no_grad():
+        db = fx(x[None, :], int(sample_rate))[0, 0].cpu().numpy().astype(np.float32)
+    times = np.arange(db.shape[1]) * fx.hop / float(sample_rate)
+    return db, mel_centres(DISPLAY_MELS, 0.0, f_max, "slaney"), times
+
+
+def interp_matrix(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """``W [len(new), len(old)]`` so that ``W @ values`` interpolates linearly (edge values held)."""
+    new = np.asarray(new, dtype=np.float64)
+    old = np.asarray(old, dtype=np.float64)
+    w = np.zeros((len(new), len(old)), dtype=np.float64)
+    if len(old) == 1:
+        w[:, 0] = 1.0
+        return w
+    hi = np.clip(np.searchsorted(old, new), 1, len(old) - 1)
+    lo = hi - 1
+    frac = np.clip((new - old[lo]) / (old[hi] - old[lo]), 0.0, 1.0)
+    rows = np.arange(len(new))
+    w[rows, lo] = 1.0 - frac
+    w[rows, hi] += frac
+    return w
+
+
+def place_maps(clip_maps: ClipMaps, clip_starts, clip_seconds, times: np.ndarray,
+               frequencies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Put every clip's map on the display grid; returns ``(map [F, T], coverage [T])``.
+
+    Each clip's map is scaled to a maximum of 1, interpolated in frequency (linearly in mel)
+    from its rows onto ``frequencies`` and in time onto the display columns that fall inside
+    both the clip and the part of it the model saw (``clip_maps.times``, less padding).
+    Overlapping clips are averaged; ``coverage`` counts the clips over each column (0: no
+    clip, the map is 0 there). The result is scaled to a maximum of 1 (all zeros stays zeros).
+    """
+    times = np.asarray(times, dtype=np.float64)
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    starts = np.broadcast_to(np.asarray(clip_starts, dtype=np.float64), (len(clip_maps),))
+    seconds = np.broadcast_to(np.asarray(clip_seconds, dtype=np.float64), (len(clip_maps),))
+    total = np.zeros((len(frequencies), len(times)), dtype=np.float64)
+    coverage = np.zeros(len(times), dtype=np.float64)
+    w_freq = interp_matrix(hz_to_mel(frequencies, "htk"), hz_to_mel(clip_maps.frequencies, "htk"))
+    step = float(np.median(np.diff(clip_maps.times))) if len(clip_maps.times) > 1 else float(seconds.max())
+    for m, start, length in zip(clip_maps.maps, starts, seconds):
+        seen = clip_maps.times <= length + 1e-9  # columns inside the clip (not padding)
+        if not seen.any():
+            continue
+        t_seen = clip_maps.times[seen]
+        # a frame stands for the step around it; the clip's edges are within one step of its frames
+        first = max(0.0, t_seen[0] - step)
+        last = min(length, t_seen[-1] + step)
+        columns = np.flatnonzero((times >= start + first - 1e-9) & (times <= start + last + 1e-9))
+        if not len(columns):
+            continue
+        values = m[:, seen].astype(np.float64)
+        peak = values.max()
+        if peak > 0:
+            values = values / peak
+        w_time = interp_matrix(times[columns] - start, t_seen)
+        total[:, columns] += w_freq @ values @ w_time.T
+        coverage[columns] += 1.0
+    placed = np.divide(total, coverage[None, :], out=np.zeros_like(total), where=coverage[None, :] > 0)
+    peak = placed.max()
+    if peak > 0:
+        placed /= peak
+    return placed.astype(np.float32), coverage.astype(np.float32)
+
+
+def _display_waveform(recording, clips, rate: int) -> np.ndarray:
+    """The preprocessed recording: the clips put back at their start times (averaged where they
+    overlap); stretches no clip covers come from the decoded recording at the clips' level."""
+    raw = recording.resampled(rate).samples.astype(np.float64)
+    ends = [int(round(c.start * rate)) + len(c.samples) for c in clips]
+    n = max([len(raw)] + ends)
+    total = np.zeros(n)
+    count = np.zeros(n)
+    for clip in clips:
+        i = max(0, int(round(clip.start * rate)))
+        total[i:i + len(clip.samples)] += clip.samples[:n - i]
+        count[i:i + len(clip.samples)] += 1
+    out = np.zeros(n)
+    out[:len(raw)] = raw
+    covered = count > 0
+    if covered.any() and not covered.all():
+        mean = total[covered] / count[covered]
+        raw_level = np.sqrt(np.mean(out[covered] ** 2))
+        if raw_level > 0:
+            out *= np.sqrt(np.mean(mean ** 2)) / raw_level
+    out[covered] = total[covered] / count[covered]
+    return out.astype(np.float32)
+
+
+def band_limit(recording, classifier) -> float:
+    """The highest frequency the clips can hold: half the file's sample rate, the preset's
+    ``bandlimit``, or half the model's sample rate, whichever is lowest."""
+    limits = [recording.original_sample_rate / 2.0, classifier.sample_rate / 2.0]
+    from steth_hub.preprocess import load_preset
+
+    try:
+        preset = load_preset(classifier.preset or None)
+        limits += [float(p["max_hz"]) for name, p in preset.steps if name == "bandlimit" and p.get("max_hz")]
+    except Exception:  # a preset the screening already accepted; the limit is a label only
+        pass
+    return float(min(limits))
+
+
+# =========================================================================== the result
+@dataclass
+class Explanation:
+    """Where the model looked in one recording.
+
+    Attributes:
+        source: the file (or ``"<array>"``).
+        map: ``[F, T]`` on the display grid, in [0, 1] (1: where the model relied on most).
+        times: ``[T]`` seconds from the recording's start (display frame times).
+        frequencies: ``[F]`` Hz, the centre of each display row (mel-spaced).
+        spectrogram: ``[F, T]`` log-mel in dB, the display the map is drawn on.
+        coverage: ``[T]`` how many clips cover each column (0: not analysed).
+        probability: P(asthma) of the recording (mean over clips, as ``steth screen``).
+        threshold, decision, label: the model's threshold and decision.
+        target: the class the map explains (``"asthma"`` or ``"not_asthma"``).
+        clip_maps: the explainer's maps on the model's own grid.
+        clip_starts, clip_seconds, clip_probabilities: per clip.
+        explainer, model: their names.
+        sample_rate: the rate of the preprocessed clips.
+        band_limit_hz: above this the recording holds nothing (hatched in the picture).
+        warnings: from decoding and screening.
+    """
+
+    source: str
+    map: np.ndarray
+    times: np.ndarray
+    frequencies: np.ndarray
+    spectrogram: np.ndarray
+    coverage: np.ndarray
+    probability: float
+    threshold: float
+    decision: bool
+    target: str
+    clip_maps: ClipMaps
+    clip_starts: np.ndarray
+    clip_seconds: np.ndarray
+    clip_probabilities: np.ndarray
+    explainer: str
+    model: str
+    sample_rate: int
+    band_limit_hz: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "asthma" if self.decision else "not_asthma"
+
+    @property
+    def duration(self) -> float:
+        return float(self.times[-1] + DISPLAY_HOP_MS / 1000.0) if len(self.times) else 0.0
+
+    def summary(self) -> dict:
+        """Where the map peaks, and the share of it above the band limit (a model looking at
+        an empty band has learned something about the recording device, not the lungs)."""
+        if self.map.size and self.map.max() > 0:
+            f, t = np.unravel_index(int(np.argmax(self.map)), self.map.shape)
+            peak = {"time_s": round(float(self.times[t]), 3), "frequency_hz": round(float(self.frequencies[f]), 1)}
+            above = float(self.map[self.frequencies > self.band_limit_hz].sum() / self.map.sum())
+        else:
+            peak, above = None, 0.0
+        return {"peak": peak, "share_above_band_limit": round(above, 4)}
+
+    def to_dict(self, arrays: bool = False) -> dict:
+        """JSON-ready facts; ``arrays=True`` adds the map, spectrogram and axes as nested lists."""
+        out = {
+            "source": self.source, "model": self.model, "explainer": self.explainer, "target": self.target,
+            "probability": float(self.probability), "threshold": float(self.threshold),
+            "decision": bool(self.decision), "label": self.label, "n_clips": int(len(self.clip_starts)),
+            "clip_starts": [float(x) for x in self.clip_starts],
+            "clip_seconds": [float(x) for x in self.clip_seconds],
+            "clip_probabilities": [float(x) for x in self.clip_probabilities],
+            "sample_rate": int(self.sample_rate), "band_limit_hz": float(self.band_limit_hz),
+            "duration_s": round(self.duration, 3), "map_shape": list(self.map.shape),
+            **self.summary(), "warnings": list(self.warnings), "disclaimer": DISCLAIMER,
+        }
+        if arrays:
+            out.update(times=self.times.round(4).tolist(), frequencies=self.frequencies.round(2).tolist(),
+                       map=self.map.round(4).tolist(), spectrogram=self.spectrogram.round(2).tolist())
+        return out
+
+    # ------------------------------------------------------------------ the picture
+    def figure(self):
+        """The picture as a matplotlib Figure (Agg canvas; not attached to any window)."""
+        return draw(self)
+
+    def png_bytes(self, dpi: int = 110) -> bytes:
+        """The picture as PNG bytes."""
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=dpi)
+        return buffer.getvalue()
+
+    def save_png(self, path: str | os.PathLike, dpi: int = 110) -> Path:
+        """Write the picture to ``path`` atomically (a half-written PNG never replaces a good one)."""
+        from steth_hub.fileio import atomic_write_bytes
+
+        return atomic_write_bytes(path, self.png_bytes(dpi=dpi))
+
+
+#: frequencies labelled on the picture's mel-spaced axis
+_HZ_TICKS = (0, 250, 500, 1000, 2000, 4000, 8000, 16000)
+
+
+def draw(explanation: Explanation):
+    """Draw an explanation: the spectrogram, the spectrogram with the map, and P(asthma) per clip.
+
+    Frequency is drawn on a mel axis (as the models see it) labelled in Hz; time in seconds.
+    The band above ``band_limit_hz`` is hatched and labelled, columns no clip covers are shaded.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    e = explanation
+    # the rows are mel bands evenly spaced in Slaney mel: the axis runs one step beyond the outer centres
+    mels = hz_to_mel(e.frequencies, "slaney")
+    step = float(mels[-1] - mels[-2]) if len(mels) > 1 else 1.0
+    mel_lo, mel_hi = float(mels[0] - step), float(mels[-1] + step)
+    f_max = float(mel_to_hz(mel_hi, "slaney"))
+    hop = float(np.median(np.diff(e.times))) if len(e.times) > 1 else DISPLAY_HOP_MS / 1000.0
+    extent = (float(e.times[0]) - hop / 2, float(e.times[-1]) + hop / 2, mel_lo, mel_hi)
+    width = float(np.clip(4.0 + 0.8 * e.duration, 9.0, 16.0))
+
+    # a bare Figure (Agg canvas), not pyplot: no global state, safe in a web server's threads
+    fig = Figure(figsize=(width, 8.2), layout="constrained")
+    grid = fig.add_gridspec(3, 2, height_ratios=[3, 3, 1.3], width_ratios=[50, 1])
+    ax_spec = fig.add_subplot(grid[0, 0])
+    ax_map = fig.add_subplot(grid[1, 0], sharex=ax_spec, sharey=ax_spec)
+    ax_prob = fig.add_subplot(grid[2, 0], sharex=ax_spec)
+    cax_spec, cax_map = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
+
+    spec = e.spectrogram
+    vmin, vmax = float(np.percentile(spec, 2)), float(spec.max())
+    im = ax_spec.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="magma", vmin=vmin, vmax=vmax,
+                        interpolation="nearest")
+    fig.colorbar(im, cax=cax_spec, label="power (dB)")
+    ax_spec.set_title("log-mel spectrogram of the preprocessed recording", fontsize=10, loc="left")
+
+    ax_map.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="gray", vmin=vmin, vmax=vmax,
+                  interpolation="nearest")
+    cmap = colormaps["turbo"]
+    rgba = cmap(np.clip(e.map, 0.0, 1.0))
+    rgba[..., 3] = 0.15 + 0.7 * np.clip(e.map, 0.0, 1.0)
+    rgba[:, e.coverage <= 0, 3] = 0.0
+    ax_map.imshow(rgba, origin="lower", aspect="auto", extent=extent, interpolation="bilinear")
+    what = "asthma" if e.target == "asthma" else "not asthma"
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=cax_map, label="relative importance")
+    ax_map.set_title(f"where the model looked ({e.explainer}): evidence for {what}", fontsize=10, loc="left")
+
+    for ax in (ax_spec, ax_map):
+        if e.band_limit_hz < f_max - 1:
+            band = float(hz_to_mel(e.band_limit_hz, "slaney"))
+            ax.axhspan(band, mel_hi, facecolor=(0.5, 0.5, 0.5, 0.45), edgecolor="white", hatch="//", linewidth=0)
+            ax.text(extent[0] + 0.01 * (extent[1] - extent[0]), (band + mel_hi) / 2,
+                    f"empty band: nothing above {e.band_limit_hz:.0f} Hz in this recording",
+                    color="white", fontsize=9, va="center",
+                    bbox={"facecolor": "black", "alpha": 0.5, "edgecolor": "none", "pad": 2})
+        for start, end in _uncovered_spans(e.times, e.coverage, hop):
+            ax.axvspan(start, end, facecolor=(0.6, 0.6, 0.6, 0.55), edgecolor="none")
+            if end - start >= 0.04 * (extent[1] - extent[0]):
+                ax.text((start + end) / 2, mel_lo + 0.04 * (mel_hi - mel_lo), "not\nanalysed", ha="center",
+                        fontsize=7, color="black")
+        ticks = [f for f in _HZ_TICKS if f <= f_max]
+        ax.set_yticks([float(hz_to_mel(f, "slaney")) for f in ticks], [f"{f:g}" for f in ticks])
+        ax.set_ylabel("frequency (Hz)")
+        ax.set_ylim(mel_lo, mel_hi)
+        ax.tick_params(labelbottom=False)
+
+    for start, length, p in zip(e.clip_starts, e.clip_seconds, e.clip_probabilities):
+        colour = "tab:red" if p >= e.threshold else "tab:blue"
+        ax_prob.hlines(p, start, start + length, colors=colour, linewidth=3, alpha=0.8)
+    ax_prob.axhline(e.threshold, color="black", linestyle="--", linewidth=1)
+    ax_prob.text(extent[1], e.threshold, f" threshold {e.threshold:.2f}", va="center", fontsize=8)
+    ax_prob.set_ylim(-0.02, 1.02)
+    ax_prob.set_ylabel("P(asthma)\nper clip")
+    ax_prob.set_xlabel("time (s)")
+    ax_prob.set_xlim(extent[0], extent[1])
+
+    name = Path(e.source).name if e.source not in (None, "", "<array>", "<bytes>") else (e.source or "<array>")
+    verdict = "asthma suspected" if e.decision else "asthma not suspected"
+    fig.suptitle(f"{name}  |  model: {e.model}\n"
+                 f"P(asthma) = {e.probability:.2f}: {verdict} at threshold {e.threshold:.2f}  |  "
+                 f"{DISCLAIMER}", fontsize=11)
+    return fig
+
+
+def _uncovered_spans(times: np.ndarray, coverage: np.ndarray, hop: float) -> list[tuple[float, float]]:
+    spans, start = [], None
+    for t, c in zip(times, coverage):
+        if c <= 0 and start is None:
+            start = t - hop / 2
+        elif c > 0 and start is not None:
+            spans.append((start, t - hop / 2))
+            start = None
+    if start is not None:
+        spans.append((start, float(times[-1]) + hop / 2))
+    return spans
+
+
+# =========================================================================== the API
+def explain(source, model=None, explainer: str | None = None, sample_rate: int | None = None, *,
+            target: str = "decision") -> Explanation:
+    """Explain the screening of one recording: where the model looked, over its spectrogram.
+
+    Args:
+        source: a file path, its bytes, a :class:`~steth_hub.audio.Recording`, or a 1-D array
+            (then ``sample_rate`` is needed).
+        model: None (the embedded ``steth/ast-asthma``), a model folder or Hub name, or a loaded
+            :class:`~steth_hub.classifier.Classifier`.
+        explainer: an explainer plugin name; default: the one for the model's classifier
+            (``integrated-gradients`` for ``ast``, ``gradcam`` for ``densenet201``).
+        sample_rate: the array's sample rate.
+        target: ``"decision"`` (default: explain the class decided at the threshold),
+            ``"asthma"`` or ``"not_asthma"``.
+
+    Returns:
+        An :class:`Explanation` (``.map``, ``.save_png(path)``, ``.to_dict()``...).
+
+    Raises:
+        AudioError / RecordingRejected: the recording cannot be screened.
+        ModelError: the model cannot be loaded.
+        PluginError: no (or no compatible) explainer for this model.
+    """
+    from steth_hub.hub import DEFAULT_MODEL
+
+    from steth_hub import screening
+
+    if target not in TARGETS:
+        raise ConfigError(f"unknown explanation target {target!r}", fix=f"use one of: {', '.join(TARGETS)}")
+    classifier = screening.load_model(model)
+    if model is None:
+        model_label = DEFAULT_MODEL
+    elif isinstance(model, (str, os.PathLike)):
+        model_label = os.fspath(model)
+    else:
+        model_label = screening.model_name(classifier)
+    explainer_name, engine = load_explainer(classifier, explainer)
+
+    # the same clips and P(asthma) as `steth screen` (screening.py's own pipeline)
+    recording = screening.to_recording(source, sample_rate)
+    pipeline = screening.ScreeningPipeline(classifier)
+    result = screening.screen_loaded(recording, classifier, pipeline)
+    clips, _ = pipeline.clips(recording, recording.source)
+    waveforms = np.stack([c.samples for c in clips]).astype(np.float32)
+    target_class = _target_class(target, result.decision)
+    clip_maps = _run_explainer(engine, classifier, waveforms, target_class, explainer_name)
+
+    rate = int(classifier.sample_rate)
+    spectrogram, frequencies, times = display_spectrogram(_display_waveform(recording, clips, rate), rate)
+    starts = np.asarray([c.start for c in clips], dtype=np.float64)
+    seconds = np.asarray([c.duration for c in clips], dtype=np.float64)
+    placed, coverage = place_maps(clip_maps, starts, seconds, times, frequencies)
+    if placed.shape != spectrogram.shape:  # an internal invariant, kept loud
+        raise ModelError(f"map {placed.shape} and spectrogram {spectrogram.shape} differ",
+                         fix="report this with the recording attached")
+    return Explanation(
+        source=result.source, map=placed, times=times, frequencies=frequencies, spectrogram=spectrogram,
+        coverage=coverage, probability=float(result.probability), threshold=float(result.threshold),
+        decision=bool(result.decision), target="asthma" if target_class == 1 else "not_asthma",
+        clip_maps=clip_maps, clip_starts=starts, clip_seconds=seconds,
+        clip_probabilities=np.asarray(result.clip_probabilities, dtype=np.float64), explainer=explainer_name,
+        model=model_label, sample_rate=rate, band_limit_hz=band_limit(recording, classifier),
+        warnings=list(result.warnings))

@@ -1,0 +1,218 @@
+"""Where a recording is screened: decode, preprocess, featurise and classify, with honest warnings.
+
+:func:`screen` takes one recording (a path, bytes, or an array with its sample rate) and a
+model (the embedded ``steth/ast-asthma`` by default) and returns a :class:`ScreeningResult`:
+P(asthma) as the mean of the clip probabilities, the decision at the model's threshold,
+the clips used and every warning a user should see. :func:`screen_many` loads the model
+once and screens many files; a file that fails is reported and the rest go on.
+
+Screening is lenient where building a training corpus is strict. The preset's checks
+(``min-duration``, ``clipping``) reject a recording from a corpus; here a recording that
+fails them but is still long enough for one clip is screened *with a warning*. A recording
+shorter than one clip, or one that cannot be decoded (corrupt, empty, silent, NaN), is an
+error for that file. Decoding warnings (low sample rate, truncated, stereo) pass through.
+
+Every result carries :data:`DISCLAIMER`: this is screening support, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from steth_hub.errors import AudioError, ModelError, StethError
+
+DISCLAIMER = "Screening support, not a diagnosis: a clinician must confirm any result."
+#: preset steps that reject recordings from a corpus but only warn when screening
+LENIENT_STEPS = ("min-duration", "clipping")
+
+
+@dataclass
+class ScreeningResult:
+    """The screening of one recording.
+
+    Attributes:
+        source: the file (or ``"<array>"``).
+        probability: P(asthma) of the recording, the mean of its clips' probabilities.
+        decision: True when ``probability >= threshold``.
+        label: ``"asthma"`` or ``"not_asthma"`` (the decision as a word).
+        threshold: the model's decision threshold.
+        n_clips: how many clips the probability averages.
+        clip_probabilities, clip_starts: per clip, P(asthma) and where it starts (seconds).
+        warnings: what a user should know (short, clipped, low sample rate, truncated...).
+        model: the model's name or folder.
+        disclaimer: the "screening support, not a diagnosis" line.
+    """
+
+    source: str
+    probability: float
+    decision: bool
+    label: str
+    threshold: float
+    n_clips: int
+    clip_probabilities: list[float]
+    clip_starts: list[float]
+    warnings: list[str] = field(default_factory=list)
+    model: str = ""
+    disclaimer: str = DISCLAIMER
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        text = (f"{self.source}: P(asthma) = {self.probability:.3f} -> {self.label} "
+                f"(threshold {self.threshold:.3f}, {self.n_clips} clips)")
+        for warning in self.warnings:
+            text += f"\n  warning: {warning}"
+        return text + f"\n{self.disclaimer}"
+
+
+# --------------------------------------------------------------------------- models
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+def load_model(model=None):
+    """A classifier from ``model``: None (the embedded default), a name or folder, or a Classifier.
+
+    Names and folders are loaded once per process and reused.
+    """
+    from steth_hub.classifier import Classifier
+
+    if isinstance(model, Classifier):
+        return model
+    from steth_hub.hub import DEFAULT_MODEL, from_pretrained
+
+    name = DEFAULT_MODEL if model is None else os.fspath(model)
+    key = str(Path(name).resolve()) if Path(name).exists() else name
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = from_pretrained(name)
+    return _MODEL_CACHE[key]
+
+
+def model_name(model) -> str:
+    """How a result names its model: the Hub name, or the folder it was loaded from."""
+    meta = getattr(model, "metadata", {}) or {}
+    return str(meta.get("name") or meta.get("model_name") or model.plugin_name)
+
+
+# --------------------------------------------------------------------------- one recording
+class ScreeningPipeline:
+    """A model's preset split into lenient checks (warnings) and the steps that make clips."""
+
+    def __init__(self, model):
+        from steth_hub.preprocess import Preprocessor, Preset, load_preset
+
+        preset = load_preset(model.preset or None)
+        checks = [{name: params} for name, params in preset.steps if name in LENIENT_STEPS]
+        steps = [{name: params} for name, params in preset.steps if name not in LENIENT_STEPS]
+        self.preset = preset
+        self.checks = Preset(name=f"{preset.name}-checks", steps=checks).build() if checks else []
+        self.preprocessor = Preprocessor(Preset(name=f"{preset.name}-screening", steps=steps,
+                                                description=preset.description))
+        self.sample_rate = preset.sample_rate
+
+    def clips(self, recording, recording_id: str) -> tuple[list, list[str]]:
+        from steth_hub.clips import Clip
+        from steth_hub.errors import RecordingRejected
+
+        warnings = []
+        whole = [Clip(np.asarray(recording.samples, dtype=np.float32), recording.sample_rate, recording_id, 0.0, 0)]
+        for name, check in self.checks:
+            try:
+                check(whole)
+            except RecordingRejected as exc:
+                warnings.append(f"{exc.message} (screened anyway; a training corpus would reject it: {name})")
+        return self.preprocessor.run(recording, recording_id), warnings
+
+
+def to_recording(path_or_array, sample_rate):
+    """Decode a path or bytes, or wrap an array (which needs its sample rate)."""
+    from steth_hub.audio import Recording, decode, from_array
+
+    if isinstance(path_or_array, Recording):
+        return path_or_array
+    if isinstance(path_or_array, np.ndarray) or (isinstance(path_or_array, (list, tuple))
+                                                   and not isinstance(path_or_array, (str, bytes))):
+        if sample_rate is None:
+            raise AudioError("an array needs its sample_rate", path="<array>", code="sample-rate",
+                             fix="call screen(samples, sample_rate=...)")
+        return from_array(np.asarray(path_or_array), int(sample_rate))
+    if isinstance(path_or_array, (str, os.PathLike, bytes, bytearray)):
+        return decode(path_or_array)
+    raise AudioError(f"cannot screen a {type(path_or_array).__name__}", path=str(path_or_array)[:80],
+                     code="corrupt", fix="pass a file path, bytes, or a numpy array with sample_rate")
+
+
+def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate=None) -> ScreeningResult:
+    """Screen one recording with a model and its pipeline already built (many files reuse both)."""
+    recording = to_recording(path_or_array, sample_rate)
+    source = recording.source
+    clips, warnings = pipeline.clips(recording, source)
+    rates = {c.sample_rate for c in clips}
+    if rates != {model.sample_rate}:
+        raise ModelError(f"the preset gives clips at {sorted(rates)} Hz but the model expects {model.sample_rate} Hz",
+                         fix="save the model with the preset it was trained with")
+    waveforms = np.stack([c.samples for c in clips]).astype(np.float32)
+    from steth_hub.train import feature_cache_disabled
+
+    with feature_cache_disabled():
+        probs = np.asarray(model.predict_proba(waveforms), dtype=np.float64)
+    if probs.shape != (len(clips),) or not np.isfinite(probs).all():
+        raise ModelError(f"the model returned {probs.shape} probabilities for {len(clips)} clips, or non-finite ones",
+                         fix="check the classifier plugin's predict_proba")
+    probability = float(probs.mean())
+    decision = bool(probability >= model.threshold)
+    return ScreeningResult(
+        source=source, probability=probability, decision=decision, label="asthma" if decision else "not_asthma",
+        threshold=float(model.threshold), n_clips=len(clips), clip_probabilities=[float(p) for p in probs],
+        clip_starts=[float(c.start) for c in clips], warnings=list(recording.warnings) + warnings,
+        model=model_name(model))
+
+
+def screen(path_or_array, sample_rate: int | None = None, model=None) -> ScreeningResult:
+    """Screen one recording for asthma.
+
+    Args:
+        path_or_array: a file path, the file's bytes, or a 1-D array of samples.
+        sample_rate: the array's sample rate (needed for arrays only).
+        model: None for the embedded ``steth/ast-asthma``, a model folder or Hub name, or a
+            loaded :class:`~steth_hub.classifier.Classifier`.
+
+    Returns:
+        A :class:`ScreeningResult`.
+
+    Raises:
+        AudioError: the recording cannot be used (missing, corrupt, empty, silent, NaN, too long...).
+        RecordingRejected: it is shorter than one clip.
+        ModelError: the model cannot be loaded.
+    """
+    model = load_model(model)
+    return screen_loaded(path_or_array, model, ScreeningPipeline(model), sample_rate)
+
+
+def screen_many(paths: Iterable, model=None, progress: bool = True) -> tuple[list[ScreeningResult], list[dict]]:
+    """Screen many recordings with one model; returns ``(results, failures)``.
+
+    A failure is ``{"source", "code", "message", "fix"}``; the other files are still screened.
+    """
+    from tqdm.auto import tqdm
+
+    model = load_model(model)
+    pipeline = ScreeningPipeline(model)
+    results, failures = [], []
+    paths = list(paths)
+    for path in tqdm(paths, desc="screening", unit="file", disable=not progress or len(paths) < 2):
+        try:
+            results.append(screen_loaded(path, model, pipeline))
+        except StethError as exc:
+            failures.append({"source": os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(exc.path),
+                             "code": exc.code, "message": exc.message, "fix": exc.fix})
+        except Exception as exc:  # an unexpected failure on one file must not stop the batch
+            failures.append({"source": os.fspath(path) if isinstance(path, (str, os.PathLike)) else "<input>",
+                             "code": "error", "message": f"{type(exc).__name__}: {exc}",
+                             "fix": "report this with the file attached"})
+    return results, failures
