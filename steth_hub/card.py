@@ -245,6 +245,15 @@ def _training_data(training: Mapping) -> tuple[dict, list[str]]:
     return data, [str(k) for k in kinds]
 
 
+def _recorded_comparison(recorded: Mapping) -> str | None:
+    """The comparison ``steth.json`` carries (``{"table": markdown, "note": ...}``), as Markdown."""
+    table = recorded.get("table")
+    if not isinstance(table, str) or not table.strip():
+        return None
+    note = recorded.get("note")
+    return table.strip() + (f"\n\n{note.strip()}" if isinstance(note, str) and note.strip() else "")
+
+
 def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str | None = None,
                  comparison: Any = None, repo_id: str | None = None) -> dict:
     """Everything the template shows, from ``steth.json`` and the evaluation report only."""
@@ -253,6 +262,8 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
     summary = evaluation_summary(evaluation)
     if summary is None and isinstance(meta.get("evaluation"), Mapping):
         summary = evaluation_summary(meta["evaluation"])
+    if comparison is None and isinstance(meta.get("comparison"), Mapping):
+        comparison = _recorded_comparison(meta["comparison"])  # what steth train recorded
     if summary is not None and comparison is not None:
         summary["comparison"] = comparison_markdown(comparison)
     sources = sorted((data.get("sources") or {}).keys()) or source_keys
@@ -383,7 +394,7 @@ def write_card(model_dir: str | os.PathLike, evaluation: Mapping | str | os.Path
         copy_to = Path(copy_to)
         if copy_to.is_dir() or not copy_to.suffix:
             card_name = name or _default_name(model_dir, read_metadata(model_dir)) or "model"
-            copy_to = copy_to / f"{card_name}.md"
+            copy_to = copy_to / f"{card_name.rstrip('/').split('/')[-1]}.md"  # "steth/ast-asthma" -> ast-asthma.md
         atomic_write_text(copy_to, text)
     return target
 

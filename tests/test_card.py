@@ -220,3 +220,17 @@ def test_shipped_model_cards_match_their_models():
     assert shipped.is_file(), "generate it: steth card steth_hub/models/ast-asthma --copy-to model_cards/"
     assert shipped.read_text() == (folder / "README.md").read_text()
     assert shipped.read_text() == render_card(folder)  # regenerated, never edited by hand
+
+
+def test_the_comparison_steth_train_recorded_is_shown_and_cards_copy_under_the_last_name_part(model_dir, tmp_path,
+                                                                                          real_evaluation):
+    meta = json.loads((model_dir / "steth.json").read_text())
+    meta["comparison"] = {"level": "patient", "table": "| model | AUROC |\n|---|---|\n| other-model | 0.61 [0.50, 0.70] |",
+                          "note": "Same folds as this model."}
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    text = render_card(model_dir, real_evaluation)
+    assert "| other-model | 0.61 [0.50, 0.70] |" in text and "Same folds as this model." in text
+    cards = tmp_path / "model_cards"
+    cards.mkdir()
+    write_card(model_dir, real_evaluation, name="steth/some-model", copy_to=cards)
+    assert [p.name for p in cards.iterdir()] == ["some-model.md"]
