@@ -19,13 +19,13 @@ made from one file.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from steth_hub.errors import ConfigError
+from steth_hub.fileio import read_yaml_or_json
 
 KNOWN_KEYS = {"name", "classifier", "model", "preset", "recipe", "description", "evaluation"}
 
@@ -66,16 +66,7 @@ def load_experiment(config: str | os.PathLike | dict) -> Experiment:
         if not path.is_file():
             raise ConfigError("config file not found", path=path,
                               fix="pass a YAML file such as configs/ast-asthma.yaml")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
-            raise ConfigError(f"cannot parse config: {exc}", path=path, fix="fix the YAML/JSON syntax") from exc
+        data = read_yaml_or_json(path, what="config")
     if not isinstance(data, dict):
         raise ConfigError("config must be a mapping of keys to values", path=source,
                           fix="start the file with keys such as 'classifier:' and 'recipe:'")

@@ -1,4 +1,4 @@
-"""Atomic writes: a file or folder appears whole or not at all.
+"""Atomic writes (a file or folder appears whole or not at all), and reading config files.
 
 Everything steth-hub writes (corpora, reports, model folders, pictures) goes through
 these helpers, so an interrupted run never leaves a half-written result, and what was
@@ -76,3 +76,19 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_yaml_or_json(path: str | os.PathLike, *, what: str = "config") -> Any:
+    """Parse a YAML (or ``.json``) file; a syntax error is a ConfigError naming the file."""
+    from steth_hub.errors import ConfigError
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
+        raise ConfigError(f"cannot parse {what}: {exc}", path=path, fix="fix the YAML/JSON syntax") from exc

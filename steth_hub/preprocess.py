@@ -51,6 +51,7 @@ import numpy as np
 
 from steth_hub.audio import Recording, decode, resample
 from steth_hub.clips import Clip, ClipSet, cut
+from steth_hub.fileio import read_yaml_or_json
 from steth_hub.errors import (
     AudioError,
     ConfigError,
@@ -424,17 +425,7 @@ def load_preset(preset: "str | os.PathLike | Mapping | Preset | None" = None) ->
     if not path.is_file():
         raise ConfigError(f"no preset named {str(preset)!r} and no such file",
                           fix=f"use a built-in preset ({', '.join(BUILTIN_PRESETS)}) or a YAML file path")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
-        raise ConfigError(f"cannot parse preset: {exc}", path=path, fix="fix the YAML/JSON syntax") from exc
-    return Preset.from_dict(data, source=str(path))
+    return Preset.from_dict(read_yaml_or_json(path, what="preset"), source=str(path))
 
 
 # =========================================================================== running
