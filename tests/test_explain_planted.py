@@ -147,7 +147,10 @@ def training_clips():
 def train(plugin: str, config: dict, recipe: dict, out_dir: Path):
     from steth_hub.registry import get_registry
 
+    from transformers import set_seed
+
     clips = training_clips()
+    set_seed(0)  # the initial weights too, not only the training run: the test must not depend on the draw
     model = get_registry().get("classifier", plugin).load().from_config({**config, "preset": PRESET})
     model.fit(clips, recipe={**RECIPE, **recipe}, out_dir=out_dir)
     p = model.predict_proba(clips.waveforms)
