@@ -76,13 +76,21 @@ EXTRA_KEYS = {
     "feature_batch_size",       # clips featurised at once
     "threshold",                # "youden" (default): Youden's J on validation (else training) recordings
     "stop_at_epoch",            # stop here while the schedule still spans num_train_epochs (a CV fold's best epoch)
+    "pretrain",                 # {epochs, learning_rate, weight_decay}: self-supervised warm start (see pretrain_statistics)
+    "freeze_encoder",           # true: the Trainer trains the classification head only (after pretrain)
 }
+
+PRETRAIN_KEYS = {"epochs", "learning_rate", "weight_decay", "batch_size"}
 
 #: TrainingArguments we set ourselves; a recipe may not override them
 MANAGED_KEYS = {"output_dir", "use_cpu", "report_to", "remove_unused_columns", "label_names",
                 "load_best_model_at_end", "save_strategy", "eval_strategy"}
 
-AUGMENT_KEYS = {"time_mask", "freq_mask", "time_masks", "freq_masks", "time_shift", "gain_db", "mixup_alpha"}
+AUGMENT_KEYS = {"time_mask", "freq_mask", "time_masks", "freq_masks", "time_shift", "shift_mode", "gain_db",
+                "mixup_alpha"}
+#: how ``time_shift`` moves a clip: "roll" wraps it around (a discontinuity inside the clip);
+#: "pad" slides it and fills the gap with 0, the normalised average spectrum (no wrap seam)
+SHIFT_MODES = ("roll", "pad")
 
 #: what the recipe means when it names a strategy by its step count
 DEFAULTS = {
@@ -140,6 +148,13 @@ def check_recipe(recipe: dict, *, source: str | None = None) -> dict:
     if bad:
         raise ConfigError(f"unknown augment key(s): {', '.join(bad)}", path=source,
                           fix="use: " + ", ".join(sorted(AUGMENT_KEYS)))
+    if augment.get("shift_mode", "roll") not in SHIFT_MODES:
+        raise ConfigError(f"augment shift_mode {augment['shift_mode']!r} is not one of {', '.join(SHIFT_MODES)}",
+                          path=source, fix="use shift_mode: pad (no wrap-around seam) or roll")
+    pretrain = recipe.get("pretrain") or {}
+    if not isinstance(pretrain, dict) or set(pretrain) - PRETRAIN_KEYS:
+        raise ConfigError(f"bad 'pretrain' setting {pretrain!r}", path=source,
+                          fix="use pretrain: {epochs: N} (optional: " + ", ".join(sorted(PRETRAIN_KEYS - {'epochs'})) + ")")
     class_weight = recipe.get("class_weight", "balanced")
     if not (class_weight in ("balanced", "none", None)
             or (isinstance(class_weight, (list, tuple)) and len(class_weight) == 2)):
@@ -229,7 +244,9 @@ def augment_batch(x, y, axes: dict, settings: dict, num_classes: int = 2):
     * ``time_mask`` / ``freq_mask``: the widest mask (in frames / bins); ``time_masks`` and
       ``freq_masks`` masks of each per example (default 2 and 2). Masked cells are set to 0, the
       normalised mean.
-    * ``time_shift``: roll each example by a random fraction of its length, up to this fraction.
+    * ``time_shift``: move each example by a random fraction of its length, up to this fraction;
+      ``shift_mode`` "roll" (default) wraps it around, "pad" slides it and fills the gap with 0
+      (the normalised average spectrum), so no wrap-around seam appears inside the clip.
     * ``gain_db``: add a random offset of up to this many (normalised) units, a level change.
     * ``mixup_alpha``: mix pairs of examples and their targets with a Beta(alpha, alpha) weight.
 
@@ -247,7 +264,12 @@ def augment_batch(x, y, axes: dict, settings: dict, num_classes: int = 2):
     if shift > 0:
         for i in range(n):
             k = int(torch.randint(-int(shift * length), int(shift * length) + 1, (1,)))
-            if k:
+            if k and settings.get("shift_mode", "roll") == "pad":
+                row = torch.zeros_like(x[i])
+                src = x[i].narrow(time_axis - 1, max(0, -k), length - abs(k))
+                row.narrow(time_axis - 1, max(0, k), length - abs(k)).copy_(src)
+                x[i] = row
+            elif k:
                 x[i] = torch.roll(x[i], shifts=k, dims=time_axis - 1)
 
     def mask(axis: int, size: int, width: int, count: int) -> None:
@@ -279,6 +301,65 @@ def augment_batch(x, y, axes: dict, settings: dict, num_classes: int = 2):
         x = lam.view(shape) * x + (1 - lam.view(shape)) * x[perm]
         targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[perm]
     return x, targets
+
+
+# --------------------------------------------------------------------------- self-supervised warm start
+def statistics_targets(features, axes: dict):
+    """Each clip's own summary: the mean and standard deviation over time of every frequency bin.
+
+    Returns ``[N, 2 * bins]`` targets, standardised over the clips given, keeping only the columns
+    that vary (the empty bands above a band limit are constant and dropped).
+    """
+    import torch
+
+    time_axis = axes["time"] % features.dim()
+    stats = torch.cat([features.mean(dim=time_axis).flatten(1), features.std(dim=time_axis).flatten(1)], dim=1)
+    spread = stats.std(dim=0)
+    keep = spread > 1e-3
+    return (stats[:, keep] - stats[:, keep].mean(dim=0)) / spread[keep]
+
+
+def pretrain_statistics(classifier, features, settings: dict, *, seed: int, batch_size: int = 16) -> dict:
+    """Warm-start the network by teaching it each clip's time-averaged spectrum and its spread.
+
+    Why: on a few hundred clips a transformer from scratch sits at chance for many epochs and
+    then memorises; a linear model on these very statistics already separates asthma from
+    not-asthma about as well as anything here. Regressing them first (from the training clips'
+    own audio; no labels, no annotation) gives the pooled representation that summary before
+    the classification head is trained on the labels. The regression head is thrown away.
+
+    Needs the classifier's ``pooled(module, features) -> [N, hidden]``. ``settings``: ``epochs``,
+    ``learning_rate`` (1e-3), ``weight_decay`` (0.05), ``batch_size``. Returns the loss per epoch.
+    """
+    import torch
+
+    net = classifier.torch_module()
+    targets = statistics_targets(features, classifier.feature_axes)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        width = classifier.pooled(net, features[:2]).shape[-1]
+    head = torch.nn.Linear(width, targets.shape[1])
+    torch.nn.init.zeros_(head.bias)
+    head.weight.data.normal_(0.0, 0.02, generator=generator)
+    params = list(net.parameters()) + list(head.parameters())
+    optimiser = torch.optim.AdamW(params, lr=float(settings.get("learning_rate", 1e-3)),
+                                  weight_decay=float(settings.get("weight_decay", 0.05)))
+    size = int(settings.get("batch_size") or batch_size)
+    losses = []
+    net.train()
+    for _ in range(int(settings.get("epochs", 0))):
+        order = torch.randperm(len(features), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            loss = torch.nn.functional.mse_loss(head(classifier.pooled(net, features[idx])), targets[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            total += loss.item() * len(idx)
+        losses.append(round(total / len(order), 4))
+    return {"epochs": len(losses), "loss": losses, "targets": int(targets.shape[1])}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -316,8 +397,10 @@ def _torch_parts():
 
         loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-        def __init__(self, *args, class_weights=None, augment=None, axes=None, **kwargs):
+        def __init__(self, *args, class_weights=None, augment=None, axes=None, smoothing=0.0, **kwargs):
             super().__init__(*args, **kwargs)
+            # our loss replaces Trainer's, so the recipe's label_smoothing_factor is applied here (soft targets)
+            self._smoothing = float(smoothing or 0.0)
             self._weights = torch.as_tensor(class_weights, dtype=torch.float32)
             self._augment = augment or {}
             self._axes = axes
@@ -328,6 +411,8 @@ def _torch_parts():
                 x, targets = augment_batch(x, y, self._axes, self._augment)
             else:
                 targets = torch.nn.functional.one_hot(y.long(), 2).to(x.dtype)
+            if model.training and self._smoothing > 0:
+                targets = targets * (1.0 - self._smoothing) + self._smoothing / targets.shape[-1]
             outputs = model(features=x)
             logits = outputs["logits"].float()
             weights = self._weights.to(logits.device)
@@ -384,6 +469,7 @@ def training_arguments(recipe: dict, out_dir: Path, *, has_valid: bool, cuda: bo
 
     names = training_argument_names()
     kwargs = {k: v for k, v in recipe.items() if k in names}
+    kwargs.pop("label_smoothing_factor", None)  # applied by our loss (WeightedTrainer), not by Trainer's
     notes = []
     if "warmup_steps" not in recipe and recipe.get("warmup_ratio") is not None:
         kwargs["warmup_steps"] = float(recipe["warmup_ratio"])  # below 1: a fraction of the training steps
@@ -462,7 +548,17 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         else:
             log.info("%s", note)
     set_seed(seed)  # the model's initial weights do not depend on how much featurising drew from the RNG
-    model = LogitsModel(classifier, classifier.torch_module())
+    pretrained = None
+    if (recipe.get("pretrain") or {}).get("epochs") and checkpoint is None:
+        pretrained = pretrain_statistics(classifier, train_x, recipe["pretrain"], seed=seed,
+                                         batch_size=int(recipe["per_device_train_batch_size"]))
+        set_seed(seed)
+    net = classifier.torch_module()
+    if recipe.get("freeze_encoder"):
+        head = {id(p) for p in classifier.head_parameters(net)}
+        for parameter in net.parameters():
+            parameter.requires_grad_(id(parameter) in head)
+    model = LogitsModel(classifier, net)
     cbs = list(callbacks or [])
     if recipe.get("stop_at_epoch"):
         cbs.append(_stop_at_epoch_callback(float(recipe["stop_at_epoch"])))
@@ -474,11 +570,14 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         eval_dataset=FeatureDataset(valid_x, valid.labels) if valid_x is not None else None,
         compute_metrics=_compute_metrics if valid_x is not None else None, callbacks=cbs,
         class_weights=weights, augment=recipe.get("augment") or {}, axes=classifier.feature_axes,
+        smoothing=float(recipe.get("label_smoothing_factor") or 0.0),
     )
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - train_started
     classifier.set_trained_module(model.net)
+    for parameter in model.net.parameters():
+        parameter.requires_grad_(True)
 
     state = trainer.state
     max_steps = state.max_steps
@@ -502,6 +601,7 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         "device": "cuda" if cuda else "cpu",
         "notes": notes,
         "seed": seed,
+        "pretrain": pretrained,
     }
     # the decision threshold: Youden's J on the validation recordings, else on the training ones
     ref = valid if valid_x is not None else train

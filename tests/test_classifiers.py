@@ -139,6 +139,76 @@ def test_tiny_ast_overfits_real_clips_and_round_trips(example_clips, tmp_path):
     np.testing.assert_allclose(plain, probs, atol=1e-5)
 
 
+FRONT_END_4K = {"size": "tiny", "num_hidden_layers": 1, "front_end": {"sampling_rate": 4000, "num_mel_bins": 64},
+                "frequency_stride": 8, "time_stride": 8}
+
+
+def test_ast_front_end_matched_to_the_band_limit(example_clips):
+    """A 4 kHz, 64-bin front end: every mel band holds signal on real band-limited clips (no empty filters)."""
+    import warnings
+
+    import torch
+    from transformers import ASTFeatureExtractor
+
+    from steth_builtin.ast_model import ASTClassifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # transformers warns about all-zero mel filters
+        filters = ASTFeatureExtractor(sampling_rate=4000, num_mel_bins=64).mel_filters
+    assert filters.shape[1] == 64 and (filters.sum(0) > 0).all()
+    model = ASTClassifier.from_config(FRONT_END_4K)
+    x = model.featurise(example_clips.waveforms, example_clips.sample_rate)
+    assert model.frames_for(example_clips.waveforms.shape[1], example_clips.sample_rate) == 123  # 5 s at 4 kHz
+    assert x.shape == (len(example_clips), 123, 64) and torch.isfinite(x).all()
+    spread = x.std(dim=(0, 1))
+    assert (spread > 0.1).all(), spread  # at 16 kHz, 128 bins: the bands above 2 kHz sit at a constant floor
+    wide = ASTClassifier.from_config({"size": "tiny"}).featurise(example_clips.waveforms[:3], 16000)
+    assert (wide.std(dim=(0, 1)) < 1e-3).sum() > 30
+
+
+def test_ast_features_do_not_change_where_torchaudio_would_be_used(example_clips, monkeypatch):
+    """With torchaudio, ASTFeatureExtractor frames in milliseconds: steth-hub keeps the trained numpy framing."""
+    import torch
+    from transformers.models.audio_spectrogram_transformer import feature_extraction_audio_spectrogram_transformer as fe
+
+    from steth_builtin.ast_model import ASTClassifier
+
+    model = ASTClassifier.from_config(FRONT_END_4K)
+    clips = example_clips.waveforms[:4]
+    expected = model.featurise(clips, 16000)
+    monkeypatch.setattr(fe, "is_speech_available", lambda: True)
+    assert torch.equal(model.featurise(clips, 16000), expected)
+
+
+@pytest.mark.slow
+def test_ast_at_4khz_saves_a_checkpoint_plain_transformers_reproduces(example_clips, example_wavs, tmp_path):
+    """The saved folder asks for 4 kHz input; transformers' extractor and pipeline give steth-hub's numbers."""
+    import torch
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, pipeline
+
+    from steth_builtin.ast_model import ASTClassifier
+    from steth_hub.audio import decode, resample
+
+    model = ASTClassifier.from_config(FRONT_END_4K)
+    model.fit(example_clips, None, dict(FAST, num_train_epochs=3, learning_rate=2e-3, seed=0), tmp_path / "run")
+    probs = model.predict_proba(example_clips.waveforms)
+    model.save_pretrained(tmp_path / "model")
+    extractor = AutoFeatureExtractor.from_pretrained(tmp_path / "model")
+    assert (extractor.sampling_rate, extractor.num_mel_bins, extractor.max_length) == (4000, 64, 123)
+    net = AutoModelForAudioClassification.from_pretrained(tmp_path / "model")
+    at_4k = [resample(w, 16000, 4000) for w in example_clips.waveforms]
+    inputs = extractor(at_4k, sampling_rate=4000, return_tensors="pt")
+    with torch.no_grad():
+        plain = torch.softmax(net(**inputs).logits, dim=-1)[:, 1].numpy()
+    np.testing.assert_allclose(plain, probs, atol=1e-5)
+    kauh = next(p for p in example_wavs if p.parent.name == "kauh")
+    rec = decode(kauh)
+    assert rec.sample_rate == 4000  # KAUH is recorded at 4 kHz: the pipeline needs no resampling
+    scores = pipeline("audio-classification", model=str(tmp_path / "model"))(
+        {"raw": rec.samples[:20000], "sampling_rate": 4000}, top_k=None)
+    assert {s["label"] for s in scores} == {"asthma", "not_asthma"}
+
+
 def test_ast_from_a_local_checkpoint_gets_a_two_class_head(tmp_path):
     from transformers import ASTConfig, ASTForAudioClassification
 

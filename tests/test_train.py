@@ -111,6 +111,84 @@ def test_augmentation_masks_mixes_and_keeps_shapes():
     assert torch.allclose(rolled.sort(dim=1).values, x.sort(dim=1).values)  # a roll moves frames, loses none
 
 
+def test_pad_shift_slides_the_clip_without_wrapping_it_around():
+    """shift_mode pad: frames move by k and the gap is 0 (the normalised mean); nothing wraps to the other end."""
+    import torch
+
+    torch.manual_seed(1)
+    n, length = 8, 40
+    x = (torch.arange(1, length + 1, dtype=torch.float32)[None, :, None].expand(n, length, 3)).clone()
+    y = torch.tensor([0, 1] * 4)
+    out, _ = augment_batch(x, y, {"time": 1, "freq": 2}, {"time_shift": 0.5, "shift_mode": "pad"})
+    moved = 0
+    for row in out[:, :, 0]:
+        kept = row[row != 0]
+        assert torch.equal(kept, torch.arange(int(kept[0]), int(kept[-1]) + 1, dtype=torch.float32))  # in order
+        assert kept[0] == 1 or kept[-1] == length  # one end of the clip stays: slid, not wrapped
+        zeros = (row == 0).nonzero().flatten()
+        assert len(zeros) <= length // 2
+        if len(zeros):
+            moved += 1
+            assert zeros[0] == 0 or zeros[-1] == length - 1  # the gap is at one edge
+    assert moved >= n // 2
+    with pytest.raises(ConfigError, match="shift_mode"):
+        check_recipe({"augment": {"time_shift": 0.2, "shift_mode": "wrap"}})
+
+
+def test_label_smoothing_is_applied_by_our_loss(few_clips, tmp_path):
+    """label_smoothing_factor reaches the class-weighted loss (Trainer's own would need a model config)."""
+    recipe = dict(FAST, max_steps=2, seed=3)
+    plain = _tiny_ast().fit(few_clips, None, recipe, tmp_path / "plain")
+    smooth = _tiny_ast().fit(few_clips, None, dict(recipe, label_smoothing_factor=0.2), tmp_path / "smooth")
+    first = [next(e["loss"] for e in h["log_history"] if "loss" in e) for h in (plain, smooth)]
+    assert first[0] != pytest.approx(first[1], abs=1e-4)
+    args, _ = training_arguments(check_recipe(dict(recipe, label_smoothing_factor=0.2)), tmp_path, has_valid=False,
+                                 cuda=False)
+    assert args.label_smoothing_factor == 0.0
+
+
+def test_statistics_targets_are_each_clips_own_spectrum_summary():
+    import torch
+
+    from steth_hub.train import statistics_targets
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 30, 6)
+    x[:, :, 5] = 2.0  # a constant (empty) band gives no target
+    t = statistics_targets(x, {"time": 1, "freq": 2})
+    assert t.shape == (10, 10)
+    assert torch.allclose(t.mean(0), torch.zeros(10), atol=1e-5) and torch.allclose(t.std(0), torch.ones(10), atol=1e-4)
+    expected = x[:, :, 0].mean(1)
+    assert torch.allclose(t[:, 0], (expected - expected.mean()) / expected.std(), atol=1e-5)
+    with pytest.raises(ConfigError, match="pretrain"):
+        check_recipe({"pretrain": {"epoch": 3}})
+
+
+@pytest.mark.slow
+def test_pretraining_learns_the_statistics_and_a_frozen_encoder_trains_the_head_only(few_clips, tmp_path):
+    """pretrain: the regression loss falls on real clips; freeze_encoder: only the classification head moves."""
+    import torch
+    from transformers import TrainerCallback
+
+    before = {}
+
+    class Snapshot(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            before.update({k: v.detach().clone() for k, v in model.net.state_dict().items()})
+
+    model = _tiny_ast()
+    recipe = dict(FAST, max_steps=4, seed=5, pretrain={"epochs": 40, "learning_rate": 3e-3}, freeze_encoder=True)
+    history = model.fit(few_clips, None, recipe, tmp_path / "run", callbacks=[Snapshot()])
+    losses = history["pretrain"]["loss"]
+    assert history["pretrain"]["epochs"] == 40 and np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+    after = model.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # position embeddings take the folded input centring when training ends (fold_normalisation)
+    assert changed - {"audio_spectrogram_transformer.embeddings.position_embeddings"} == {
+        k for k in before if k.startswith("classifier.")}
+    assert all(p.requires_grad for p in model.net.parameters())  # nothing stays frozen afterwards
+
+
 def test_one_class_training_set_is_refused(few_clips):
     one = few_clips.subset(few_clips.labels == 1)
     with pytest.raises(ConfigError, match="one class"):

@@ -50,6 +50,8 @@ OWN_KEYS = {"size", "pretrained", "revision", "trust_remote_code", "front_end", 
             "local_files_only"}
 #: the feature extractor settings saved in preprocessor_config.json beside the weights
 FEATURE_FILE = "preprocessor_config.json"
+#: ASTFeatureExtractor's frames (numpy path): this many samples, every FRAME_HOP samples, at its sampling_rate
+FRAME_LENGTH, FRAME_HOP = 400, 160
 
 
 def _ast_config_fields() -> set[str]:
@@ -116,7 +118,7 @@ class ASTClassifier(TorchClassifier):
         cfg = dict(self.model_config)
         cfg.setdefault("max_length", int(max_length))
         cfg.update(num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
-                   num_mel_bins=128)
+                   num_mel_bins=self.num_mel_bins)
         cfg = {k: v for k, v in cfg.items() if k not in {"transformers_version", "architectures", "model_type"}}
         self.net = ASTForAudioClassification(ASTConfig(**cfg))
         self.model_config = self.net.config.to_dict()
@@ -135,19 +137,30 @@ class ASTClassifier(TorchClassifier):
             from steth_hub.features import ASTFrontEnd
 
             settings = dict(self.front_end_config)
-            settings.update(sampling_rate=self.sample_rate, num_mel_bins=128, max_length=int(n_frames),
-                            do_normalize=False)
+            settings.update(sampling_rate=self.front_end_rate, num_mel_bins=self.num_mel_bins,
+                            max_length=int(n_frames), do_normalize=False)
             self._front_end = ASTFrontEnd(**settings)
         return self._front_end
 
+    @property
+    def front_end_rate(self) -> int:
+        """The rate the front end works at: ``front_end.sampling_rate``, else the clips' rate."""
+        return int(self.front_end_config.get("sampling_rate") or self.sample_rate)
+
+    @property
+    def num_mel_bins(self) -> int:
+        return int(self.front_end_config.get("num_mel_bins") or 128)
+
     def frames_for(self, n_samples: int, sample_rate: int) -> int:
-        """Filter-bank frames of a clip: 25 ms windows every 10 ms (Kaldi's snip_edges rule)."""
-        n = int(round(n_samples * self.sample_rate / float(sample_rate)))
-        window, hop = int(0.025 * self.sample_rate), int(0.010 * self.sample_rate)
-        return max(1, 1 + (n - window) // hop)
+        """Filter-bank frames of a clip: 400-sample windows every 160 samples at the front end's rate.
+
+        That is ASTFeatureExtractor's rule (Kaldi's snip_edges; 25 ms every 10 ms at 16 kHz).
+        """
+        n = int(round(n_samples * self.front_end_rate / float(sample_rate)))
+        return max(1, 1 + (n - FRAME_LENGTH) // FRAME_HOP)
 
     def feature_signature(self, sample_rate: int, n_samples: int):
-        return ("ast-fbank", self.sample_rate, int(sample_rate),
+        return ("ast-fbank", self.front_end_rate, self.num_mel_bins, int(sample_rate),
                 self.max_length or self.frames_for(n_samples, sample_rate), sorted(self.front_end_config.items()))
 
     def featurise(self, waveforms, sample_rate: int):
@@ -159,8 +172,38 @@ class ASTClassifier(TorchClassifier):
 
         waveforms = np.asarray(waveforms, dtype=np.float32)
         length = self.max_length or self.frames_for(waveforms.shape[-1], sample_rate)
+        if self.front_end_rate != 16000 and _torchaudio_front_end():
+            return torch.as_tensor(self._numpy_fbank(waveforms, int(sample_rate), length), dtype=torch.float32)
         x = self.front_end(length)(waveforms, int(sample_rate))
         return torch.as_tensor(x, dtype=torch.float32)
+
+    def _numpy_fbank(self, waveforms: np.ndarray, sample_rate: int, length: int) -> np.ndarray:
+        """ASTFeatureExtractor's numpy filter banks, computed here (``[N, length, num_mel_bins]``).
+
+        Where torchaudio is importable, ASTFeatureExtractor switches to Kaldi framing in
+        milliseconds (25 ms / 10 ms), which equals its numpy path (400 / 160 samples) only at
+        16 kHz. A model with another front-end rate was trained on the numpy path, so steth-hub
+        computes exactly that here instead of letting the extractor change the features.
+        """
+        from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+        from steth_hub.audio import resample
+
+        rate, bins = self.front_end_rate, self.num_mel_bins
+        filters = mel_filter_bank(num_frequency_bins=257, num_mel_filters=bins, min_frequency=20,
+                                  max_frequency=rate // 2, sampling_rate=rate, norm=None, mel_scale="kaldi",
+                                  triangularize_in_mel_space=True)
+        window = window_function(FRAME_LENGTH, "hann", periodic=False)
+        out = np.zeros((len(waveforms), int(length), bins), dtype=np.float32)
+        for i, row in enumerate(waveforms):
+            if sample_rate != rate:
+                row = resample(row, sample_rate, rate)
+            fbank = spectrogram(row, window, frame_length=FRAME_LENGTH, hop_length=FRAME_HOP, fft_length=512,
+                                power=2.0, center=False, preemphasis=0.97, mel_filters=filters, log_mel="log",
+                                mel_floor=1.192092955078125e-07, remove_dc_offset=True).T
+            n = min(int(length), fbank.shape[0])
+            out[i, :n] = fbank[:n]
+        return out
 
     def fit_normalisation(self, features) -> None:
         """Training statistics: each mel bin's mean (the average spectrum) and one std of the centred values.
@@ -220,12 +263,21 @@ class ASTClassifier(TorchClassifier):
     def logits(self, net, features):
         return net(input_values=features).logits
 
+    def head_parameters(self, net):
+        """The classification head's parameters (what ``freeze_encoder`` leaves trainable)."""
+        return list(net.classifier.parameters())
+
+    def pooled(self, net, features):
+        """The pooled representation the classification head reads (the [CLS] and distillation tokens' mean)."""
+        return net.audio_spectrogram_transformer(input_values=features).pooler_output
+
     # -- saving -----------------------------------------------------------------
     def feature_extractor(self):
         """An ``ASTFeatureExtractor`` that reproduces this model's input for transformers' pipeline."""
         from transformers import ASTFeatureExtractor
 
-        return ASTFeatureExtractor(sampling_rate=self.sample_rate, num_mel_bins=128, max_length=int(self.max_length),
+        return ASTFeatureExtractor(sampling_rate=self.front_end_rate, num_mel_bins=self.num_mel_bins,
+                                   max_length=int(self.max_length),
                                    do_normalize=True, mean=float(self.mean), std=float(self.std))
 
     def _save_weights(self, directory: Path) -> None:
@@ -258,6 +310,13 @@ class ASTClassifier(TorchClassifier):
             mean, std = _checkpoint_normalisation(str(directory), None, True)
         return cls(model_config=net.config.to_dict(), net=net, front_end=own.get("front_end"), mean=mean, std=std,
                    pretrained=own.get("pretrained"), sample_rate=int(metadata.get("sample_rate", 16000)))
+
+
+def _torchaudio_front_end() -> bool:
+    """Whether ASTFeatureExtractor would compute its filter banks with torchaudio (Kaldi, millisecond framing)."""
+    from transformers.models.audio_spectrogram_transformer import feature_extraction_audio_spectrogram_transformer as fe
+
+    return bool(fe.is_speech_available())
 
 
 def _load_pretrained(name: str, revision: str | None, trust_remote_code: bool, local_only: bool | None,
