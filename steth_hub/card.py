@@ -286,7 +286,8 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "preset_name": preset.get("name") if preset else None,
         "preset_json": json.dumps(preset, indent=2, ensure_ascii=False, default=str) if preset else None,
         "recipe_json": json.dumps(recipe, indent=2, ensure_ascii=False, default=str) if recipe else None,
-        "epochs": training.get("epochs"),
+        "epochs": (round(float(training["epochs"]), 1) if isinstance(training.get("epochs"), (int, float))
+                   else training.get("epochs")),
         "threshold_method": training.get("threshold_method") or training.get("threshold_from"),
         "experiment": experiment,
         "data": data,

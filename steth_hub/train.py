@@ -736,6 +736,13 @@ def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool =
     clips, skipped, _ = cached_clips(corpus, preset, progress=progress)
     corpus_facts = {"path": os.fspath(getattr(corpus, "path", "") or ""),
                     "info": dict(getattr(corpus, "info", None) or {}), "skipped_recordings": len(skipped)}
+    dataset = getattr(corpus, "dataset", None)
+    if dataset is not None:  # who the model learnt from (sex, age bands, sources...), for the model card
+        from steth_hub.card import summarise_training_data
+
+        dropped = {str(s.get("recording_id")) for s in skipped if s.get("recording_id") is not None}
+        used = [i for i, rid in enumerate(dataset["recording_id"]) if str(rid) not in dropped]
+        corpus_facts["data"] = summarise_training_data(dataset.select(used))
     return train_on_clips(experiment, clips, out, preset=preset, corpus=corpus_facts, progress=progress, **kwargs)
 
 

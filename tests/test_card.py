@@ -130,11 +130,13 @@ def test_card_from_a_real_evaluation_carries_its_numbers_and_valid_hub_metadata(
 
 
 def test_card_of_a_folder_written_by_steth_train(example_corpus, tmp_path):
-    """The counts ``steth train`` records in steth.json (no demographics summary) still make the card."""
+    """``steth train`` records who the model learnt from (counts, sex, ages, sources), and the card shows it."""
     from steth_hub.train import train_experiment
 
     out = tmp_path / "trained"
     train_experiment({"name": "mfcc-trained", "classifier": "mfcc-logreg"}, example_corpus, out, progress=False)
+    meta = json.loads((out / "steth.json").read_text())
+    assert meta["training"]["corpus"]["data"] == summarise_training_data(example_corpus.dataset)
     text = render_card(out)
     assert text.startswith("---\n") and "# trained" in text
     assert "5 patients, 5 recordings." in text
@@ -143,14 +145,21 @@ def test_card_of_a_folder_written_by_steth_train(example_corpus, tmp_path):
     assert "Experiment `mfcc-trained`" in text
     assert "How the decision threshold" in text and "**Not evaluated.**" in text
     assert front_matter(text)["datasets"] == ["kauh-lung-sounds"]
-    assert "| Sex | patients |" not in text  # no demographics recorded, none shown
+    assert "| Sex | patients |" in text and "| F | 1 |" in text and "24–60 years" in text
+    assert "no recorded age" not in text  # every example patient has an age
 
-    # with the corpus summary beside the counts, the demographic tables appear
-    meta = json.loads((out / "steth.json").read_text())
-    meta["training"]["corpus"]["data"] = summarise_training_data(example_corpus.dataset)
+    # patients without an age (ICBHI without its demographics file) are said to be outside the range
+    data = meta["training"]["corpus"]["data"]
+    data["age_bands"]["unknown"] = 2
+    (out / "steth.json").write_text(json.dumps(meta))
+    assert "(2 of the 5 training patients have no recorded age" in render_card(out)
+
+    # a steth.json from before the summary was recorded: the counts alone still make the card
+    del meta["training"]["corpus"]["data"]
     (out / "steth.json").write_text(json.dumps(meta))
     text = render_card(out)
-    assert "| Sex | patients |" in text and "| F | 1 |" in text and "24–60 years" in text
+    assert "5 patients, 5 recordings." in text and "| asthma | 2 | 2 |" in text
+    assert "| Sex | patients |" not in text  # no demographics recorded, none shown
 
 
 def test_a_model_without_evaluation_is_marked_not_evaluated(model_dir):
