@@ -272,7 +272,8 @@ def place_maps(clip_maps: ClipMaps, clip_starts, clip_seconds, times: np.ndarray
     """Put every clip's map on the display grid; returns ``(map [F, T], coverage [T])``.
 
     Each clip's map is scaled to a maximum of 1, interpolated in frequency (linearly in mel)
-    from its rows onto ``frequencies`` and in time onto the display columns that fall inside
+    from its rows onto ``frequencies`` (0 beyond one row spacing outside the rows: a front end
+    that stops at 2 kHz says nothing about 4 kHz) and in time onto the display columns that fall inside
     both the clip and the part of it the model saw (``clip_maps.times``, less padding).
     Overlapping clips are averaged; ``coverage`` counts the clips over each column (0: no
     clip, the map is 0 there). The result is scaled to a maximum of 1 (all zeros stays zeros).
@@ -283,7 +284,11 @@ def place_maps(clip_maps: ClipMaps, clip_starts, clip_seconds, times: np.ndarray
     seconds = np.broadcast_to(np.asarray(clip_seconds, dtype=np.float64), (len(clip_maps),))
     total = np.zeros((len(frequencies), len(times)), dtype=np.float64)
     coverage = np.zeros(len(times), dtype=np.float64)
-    w_freq = interp_matrix(hz_to_mel(frequencies, "htk"), hz_to_mel(clip_maps.frequencies, "htk"))
+    display_mel, grid_mel = hz_to_mel(frequencies, "htk"), hz_to_mel(clip_maps.frequencies, "htk")
+    w_freq = interp_matrix(display_mel, grid_mel)
+    if len(grid_mel) > 1:  # a row stands for the band up to its neighbours: nothing is placed beyond the grid's edges
+        band = float(np.median(np.diff(grid_mel)))
+        w_freq[(display_mel < grid_mel[0] - band - 1e-9) | (display_mel > grid_mel[-1] + band + 1e-9)] = 0.0
     step = float(np.median(np.diff(clip_maps.times))) if len(clip_maps.times) > 1 else float(seconds.max())
     for m, start, length in zip(clip_maps.maps, starts, seconds):
         seen = clip_maps.times <= length + 1e-9  # columns inside the clip (not padding)

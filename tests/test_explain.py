@@ -352,3 +352,19 @@ def test_steth_explain_names_a_wrong_explainer(tiny_ast_dir, tmp_path):
                                        "gradcam", "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "gradcam" in result.output and "not the 'ast' classifier" in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("explainer", ["attention", "integrated-gradients"])
+def test_maps_of_a_front_end_at_its_own_rate_cover_the_whole_clip(explainer):
+    """The embedded model's front end runs at 4 kHz on 16 kHz clips (100 ms frames every 40 ms):
+    its maps must span each 5 s clip and 20-2000 Hz, not the 1.2 s and 8 kHz a 16 kHz framing implies."""
+    from steth_hub import explain, from_pretrained
+
+    model = from_pretrained("steth/ast-asthma")
+    assert model.front_end_rate == 4000 and model.sample_rate == 16000
+    e = explain(ASTHMA, model=model, explainer=explainer)
+    analysed = e.coverage > 0
+    assert e.times[analysed].min() < 0.6 and e.times[analysed].max() > 9.4  # clips 0.5-5.5, 2.5-7.5, 4.5-9.5
+    assert analysed[(e.times > 0.6) & (e.times < 9.4)].all()
+    in_band = e.map[e.frequencies <= 2000.0][:, analysed]
+    assert in_band.sum() > 0.99 * e.map[:, analysed].sum()  # nothing placed above the front end's 2 kHz

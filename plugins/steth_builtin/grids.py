@@ -6,9 +6,11 @@ spectrogram. They follow from the front end's settings, read from the classifier
 assumed):
 
 * ``ast``: transformers' ``ASTFeatureExtractor`` (Kaldi-style filter banks): ``num_mel_bins``
-  triangles evenly spaced on the Kaldi mel scale from 20 Hz to half the sample rate; frames of
-  400 samples every 160 (25 ms every 10 ms at 16 kHz), not centred, so frame ``i`` is centred at
-  ``(160 i + 200) / rate``; input ``[max_length frames, bins]``;
+  triangles evenly spaced on the Kaldi mel scale from 20 Hz to half the front end's sample rate
+  (``front_end_rate``: 16 kHz unless the checkpoint sets another, e.g. 4 kHz for the embedded
+  model); frames of 400 samples every 160 (25 ms every 10 ms at 16 kHz, 100 ms every 40 ms at
+  4 kHz), not centred, so frame ``i`` is centred at ``(160 i + 200) / rate``; input
+  ``[max_length frames, bins]``;
 * ``densenet201``: :class:`steth_hub.features.MultiWindowLogMel`: ``n_mels`` Slaney mel bands from
   ``f_min`` to ``f_max``; centred frames ``hop`` samples apart, frame ``i`` at ``i * hop / rate``;
   input ``[channels, bands, frames]``.
@@ -33,7 +35,8 @@ def is_ast(net) -> bool:
 
 def ast_grid(classifier, config) -> tuple[np.ndarray, np.ndarray]:
     """``(centre Hz of each mel bin, centre s of each frame)`` of the AST input ``[max_length, num_mel_bins]``."""
-    rate = int(classifier.sample_rate)  # the AST front end runs at the classifier's rate
+    # the front end's own rate (a checkpoint's preprocessor_config.json), which may differ from the clips'
+    rate = int(getattr(classifier, "front_end_rate", None) or classifier.sample_rate)
     frequencies = mel_centres(int(config.num_mel_bins), AST_MEL_MIN_HZ, rate // 2, "kaldi")
     times = (np.arange(int(config.max_length)) * AST_HOP_LENGTH + AST_FRAME_LENGTH / 2.0) / rate
     return frequencies, times
