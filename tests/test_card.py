@@ -243,3 +243,20 @@ def test_the_comparison_steth_train_recorded_is_shown_and_cards_copy_under_the_l
     cards.mkdir()
     write_card(model_dir, real_evaluation, name="steth/some-model", copy_to=cards)
     assert [p.name for p in cards.iterdir()] == ["some-model.md"]
+
+
+def test_readme_results_table_quotes_the_embedded_models_own_evaluation():
+    """The README's results table is written by hand; it must not drift from the shipped model's report."""
+    from steth_hub.evaluate import format_value
+    from steth_hub.hub import EMBEDDED
+
+    meta = json.loads((EMBEDDED["steth/ast-asthma"] / "steth.json").read_text())
+    patient = meta["evaluation"]["model"]["levels"]["patient"]
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("<!-- results-table -->")[1].split("<!-- /results-table -->")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| `steth/ast-asthma`"))
+    for metric in ("auroc", "sensitivity", "specificity"):
+        assert format_value(patient[metric]) in row, (metric, format_value(patient[metric]), row)
+    baseline = meta["evaluation"]["baseline"]["levels"]["patient"]
+    row = next(line for line in table.splitlines() if "MFCC" in line)
+    assert format_value(baseline["auroc"]) in row
