@@ -87,6 +87,9 @@ def main(argv=None) -> dict:
         "device": history["device"], "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "train_clips_per_s": history["clips_per_second"], "inference_clips_per_s": infer,
+        # the recipe's self-supervised warm start (pretrain.epochs over the same clips), when it has one
+        "pretrain_epochs": (history.get("pretrain") or {}).get("epochs"),
+        "pretrain_clips_per_s": (history.get("pretrain") or {}).get("clips_per_second"),
         "train_to_inference_ratio": history["clips_per_second"] / infer,
         "featurise_clips_per_s": len(clips) / featurise,
     }

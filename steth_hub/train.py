@@ -347,6 +347,7 @@ def pretrain_statistics(classifier, features, settings: dict, *, seed: int, batc
     size = int(settings.get("batch_size") or batch_size)
     losses = []
     net.train()
+    started = time.perf_counter()
     for _ in range(int(settings.get("epochs", 0))):
         order = torch.randperm(len(features), generator=generator)
         total = 0.0
@@ -359,7 +360,9 @@ def pretrain_statistics(classifier, features, settings: dict, *, seed: int, batc
             optimiser.step()
             total += loss.item() * len(idx)
         losses.append(round(total / len(order), 4))
-    return {"epochs": len(losses), "loss": losses, "targets": int(targets.shape[1])}
+    seconds = time.perf_counter() - started
+    return {"epochs": len(losses), "loss": losses, "targets": int(targets.shape[1]), "seconds": round(seconds, 3),
+            "clips_per_second": round(len(losses) * len(features) / seconds, 3) if seconds > 0 else None}
 
 
 # --------------------------------------------------------------------------- the loop

@@ -181,6 +181,7 @@ def test_pretraining_learns_the_statistics_and_a_frozen_encoder_trains_the_head_
     history = model.fit(few_clips, None, recipe, tmp_path / "run", callbacks=[Snapshot()])
     losses = history["pretrain"]["loss"]
     assert history["pretrain"]["epochs"] == 40 and np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+    assert history["pretrain"]["seconds"] > 0 and history["pretrain"]["clips_per_second"] > 0  # what bench_train reports
     after = model.net.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     # position embeddings take the folded input centring when training ends (fold_normalisation)
