@@ -297,7 +297,18 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "is_ast": meta.get("plugin") == "ast",
         "not_evaluated": NOT_EVALUATED,
         "license": meta.get("license") or "apache-2.0",
+        # model-specific findings (e.g. from its explanation maps), added to the generic limitations
+        "limitations": [str(x) for x in (meta.get("limitations") or []) if str(x).strip()],
+        "front_end_rate": _front_end_rate(meta),
     }
+
+
+def _front_end_rate(meta: Mapping) -> int | None:
+    """The AST front end's own sample rate where steth.json records one (``ast.front_end.sampling_rate``)."""
+    ast = meta.get("ast") if isinstance(meta.get("ast"), Mapping) else {}
+    front_end = ast.get("front_end") if isinstance(ast.get("front_end"), Mapping) else {}
+    rate = front_end.get("sampling_rate")
+    return int(rate) if isinstance(rate, (int, float)) else None
 
 
 def card_metadata(context: Mapping) -> dict:

@@ -260,3 +260,20 @@ def test_readme_results_table_quotes_the_embedded_models_own_evaluation():
     baseline = meta["evaluation"]["baseline"]["levels"]["patient"]
     row = next(line for line in table.splitlines() if "MFCC" in line)
     assert format_value(baseline["auroc"]) in row
+
+
+def test_model_specific_limitations_and_the_front_end_note(model_dir):
+    meta = json.loads((model_dir / "steth.json").read_text())
+    text = render_card(model_dir)
+    assert "front end works at" not in text  # not an AST
+    meta.update(plugin="ast", limitations=["**Device shortcut.** Scores follow the stethoscope.", "  "],
+                ast={"front_end": {"sampling_rate": 4000, "num_mel_bins": 64}})
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    text = render_card(model_dir)
+    limitations = text.split("## Limitations and biases")[1].split("## How to use")[0]
+    assert "- **Device shortcut.** Scores follow the stethoscope." in limitations
+    assert "\n-   \n" not in limitations and "\n- \n" not in limitations  # blank items dropped
+    assert "front end works at 4000 Hz" in text and "torchaudio" in text
+    meta["ast"]["front_end"]["sampling_rate"] = 16000  # the usual AST front end: nothing to warn about
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    assert "front end works at" not in render_card(model_dir)
