@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 
 import click
 
+from steth_hub.specs import KINDS
+
+
+def _check_kind(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a kind that is not one of KINDS, naming the known ones and the closest."""
+    if value is None or value in KINDS:
+        return value
+    close = difflib.get_close_matches(value.lower(), list(KINDS), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise click.BadParameter(f"unknown plugin kind {value!r}.{hint} Known kinds: {', '.join(KINDS)}.",
+                             ctx=ctx, param=param)
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--kind", default=None, help="Only this kind (preprocessor, feature_extractor, classifier, ...).")
+@click.option("--kind", default=None, metavar="KIND", callback=_check_kind,
+              help=f"Only this kind: {', '.join(KINDS)}.")
 def plugins(as_json: bool, kind: str | None) -> None:
     """List installed plugins: kind, name, distribution, status (ok / failed with the reason)."""
     from steth_hub.registry import get_registry
