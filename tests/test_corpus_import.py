@@ -404,3 +404,13 @@ def test_importing_the_corpus_modules_stays_light():
             f"print([m for m in {heavy!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cli_info_names_its_argument_corpus():
+    runner = CliRunner()
+    result = runner.invoke(main, ["corpus", "info", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "corpus info [OPTIONS] CORPUS" in result.output
+    assert "OUT" not in result.output
+    result = runner.invoke(main, ["corpus", "info"])
+    assert result.exit_code == 2 and "Missing argument 'CORPUS'" in result.output

@@ -1,8 +1,8 @@
 """``steth corpus``: import recordings into a corpus folder, merge corpora, and inspect one.
 
     steth corpus import {kauh,icbhi,manifest} SRC OUT [--manifest CSV] [--folds N] [--seed S]
-    steth corpus merge OUT SRC...
-    steth corpus info OUT [--json]
+    steth corpus merge OUT SOURCES...
+    steth corpus info CORPUS [--json]
 
 The work is done by :mod:`steth_hub.corpus`, imported when a command runs (it loads
 ``datasets`` and scikit-learn only then).
@@ -84,11 +84,11 @@ def format_info(summary: dict) -> str:
 
 
 @corpus.command()
-@click.argument("out", type=click.Path(path_type=str))
+@click.argument("corpus_dir", metavar="CORPUS", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with per-patient counts).")
-def info(out: str, as_json: bool) -> None:
-    """Counts of the corpus OUT by label, diagnosis, source, fold and patient."""
+def info(corpus_dir: str, as_json: bool) -> None:
+    """Counts of the corpus folder CORPUS by label, diagnosis, source, fold and patient."""
     from steth_hub.corpus import load_corpus
 
-    summary = load_corpus(out).summary()
+    summary = load_corpus(corpus_dir).summary()
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
