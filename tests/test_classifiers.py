@@ -225,6 +225,28 @@ def test_ast_from_a_local_checkpoint_gets_a_two_class_head(tmp_path):
     assert tuple(feats.shape) == (2, 100, 128)
 
 
+def test_loading_an_ast_checkpoint_prints_no_progress_bar_and_keeps_the_users_setting(tmp_path, capfd,
+                                                                                      monkeypatch):
+    from transformers import ASTConfig, ASTForAudioClassification
+    from transformers.utils import logging as tf_logging
+
+    import steth_hub
+    from steth_builtin.ast_model import ASTClassifier
+
+    monkeypatch.setattr(tf_logging, "_tqdm_active", True)  # bars on, whatever HF_HUB_DISABLE_PROGRESS_BARS says
+    hook = tf_logging.set_tqdm_hook(None)
+    monkeypatch.setattr(tf_logging, "_tqdm_hook", hook)
+    cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    max_length=100, frequency_stride=16, time_stride=16, num_labels=527)
+    ASTForAudioClassification(cfg).save_pretrained(tmp_path / "ckpt")
+    capfd.readouterr()
+    steth_hub.from_pretrained("steth/ast-asthma")  # the embedded model: a saved steth-hub folder
+    ASTClassifier.from_config({"pretrained": str(tmp_path / "ckpt")})  # a transformers checkpoint
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err
+    assert tf_logging.is_progress_bar_enabled() and tf_logging._tqdm_hook is hook
+
+
 def test_ast_remote_code_needs_a_pinned_revision(tmp_path):
     from steth_builtin.ast_model import ASTClassifier
 

@@ -23,6 +23,7 @@ load it as they are; ``steth.json`` adds the threshold and the preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -302,7 +303,9 @@ class ASTClassifier(TorchClassifier):
         if not (directory / "model.safetensors").is_file():
             raise ModelError("no model.safetensors in the AST folder", path=directory,
                              fix="save the model again with save_pretrained (weights are safetensors only)")
-        net = ASTForAudioClassification.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
+        with _no_weight_loading_bar():
+            net = ASTForAudioClassification.from_pretrained(str(directory), local_files_only=True,
+                                                            use_safetensors=True)
         net.eval()
         own = metadata.get("ast") or {}
         mean, std = own.get("mean"), own.get("std")
@@ -310,6 +313,33 @@ class ASTClassifier(TorchClassifier):
             mean, std = _checkpoint_normalisation(str(directory), None, True)
         return cls(model_config=net.config.to_dict(), net=net, front_end=own.get("front_end"), mean=mean, std=std,
                    pretrained=own.get("pretrained"), sample_rate=int(metadata.get("sample_rate", 16000)))
+
+
+@contextlib.contextmanager
+def _no_weight_loading_bar():
+    """Hide transformers' "Loading weights" progress bar for one load.
+
+    The user's own progress-bar setting is left as it was: transformers' tqdm hook is
+    set for the call and the previous hook put back (download bars, which are
+    huggingface_hub's, are untouched). Transformers without the hook (4.x) has the bar
+    turned off for the call and back on only if it was on.
+    """
+    from transformers.utils import logging as tf_logging
+
+    if hasattr(tf_logging, "set_tqdm_hook"):
+        previous = tf_logging.set_tqdm_hook(lambda factory, args, kwargs: tf_logging.EmptyTqdm(*args, **kwargs))
+        try:
+            yield
+        finally:
+            tf_logging.set_tqdm_hook(previous)
+        return
+    was_enabled = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            tf_logging.enable_progress_bar()
 
 
 def _torchaudio_front_end() -> bool:
@@ -337,7 +367,8 @@ def _load_pretrained(name: str, revision: str | None, trust_remote_code: bool, l
         kwargs["local_files_only"] = bool(local_only)
     kwargs.update(overrides)
     try:
-        net = ASTForAudioClassification.from_pretrained(str(folder) if is_local else str(name), **kwargs)
+        with _no_weight_loading_bar():
+            net = ASTForAudioClassification.from_pretrained(str(folder) if is_local else str(name), **kwargs)
     except OSError as exc:
         raise ModelError(f"cannot load the AST checkpoint {name!r}: {exc}", path=str(name),
                          fix="pass a local checkpoint folder, or put the repo in the Hugging Face cache "
