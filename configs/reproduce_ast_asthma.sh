@@ -13,14 +13,15 @@
 #    recording probabilities; the evaluation report goes into its steth.json.
 #
 # Environment: STETH_HUB_SHARED_DATA (default ../shared/data/lung-sounds), WORK (default
-# runs/ast-asthma), OUT (default steth_hub/models/ast-asthma), STETH (default: steth on PATH,
-# else .venv/bin/steth), OMP_NUM_THREADS (default 1: this small model trains about ten times
-# faster on one thread than on two busy cores). Under an hour on 2 CPU cores; minutes with CUDA.
+# runs/ast-asthma), OUT (default runs/ast-asthma/model; OUT=steth_hub/models/ast-asthma replaces
+# the shipped model, then see configs/README.md for the card), STETH (default: steth on PATH,
+# else .venv/bin/steth), OMP_NUM_THREADS (default 1: this small model trains up to ten times
+# faster on one thread than on two busy cores). About 10 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${STETH_HUB_SHARED_DATA:-../shared/data/lung-sounds}
 WORK=${WORK:-runs/ast-asthma}
-OUT=${OUT:-steth_hub/models/ast-asthma}
+OUT=${OUT:-$WORK/model}
 STETH=${STETH:-$(command -v steth || echo .venv/bin/steth)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 

@@ -255,8 +255,10 @@ def _recorded_comparison(recorded: Mapping) -> str | None:
 
 
 def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str | None = None,
-                 comparison: Any = None, repo_id: str | None = None) -> dict:
-    """Everything the template shows, from ``steth.json`` and the evaluation report only."""
+                 comparison: Any = None, repo_id: str | None = None,
+                 model_dir: str | os.PathLike | None = None) -> dict:
+    """Everything the template shows, from ``steth.json``, the evaluation report and (for the
+    parameter count only) the header of ``model_dir/model.safetensors``."""
     training = meta.get("training") if isinstance(meta.get("training"), Mapping) else {}
     data, source_keys = _training_data(training)
     summary = evaluation_summary(evaluation)
@@ -300,14 +302,41 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         # model-specific findings (e.g. from its explanation maps), added to the generic limitations
         "limitations": [str(x) for x in (meta.get("limitations") or []) if str(x).strip()],
         "front_end_rate": _front_end_rate(meta),
+        "front_end_bins": _front_end(meta).get("num_mel_bins"),
+        "description": (training["experiment"].get("description") if isinstance(training.get("experiment"), Mapping)
+                        else None),
+        "pretrain_epochs": ((recipe or {}).get("pretrain") or {}).get("epochs") if recipe else None,
+        "freeze_encoder": bool((recipe or {}).get("freeze_encoder")),
+        "n_parameters": _count_parameters(model_dir) if model_dir is not None else None,
     }
+
+
+def _count_parameters(model_dir) -> int | None:
+    """Parameters in ``model.safetensors``, from its JSON header alone (no torch, no weights read)."""
+    path = Path(model_dir) / "model.safetensors"
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100 * 2**20:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return None
+    total = 0
+    for key, entry in header.items():
+        if key != "__metadata__" and isinstance(entry, Mapping):
+            total += math.prod(int(d) for d in entry.get("shape") or [])
+    return total or None
+
+
+def _front_end(meta: Mapping) -> dict:
+    ast = meta.get("ast") if isinstance(meta.get("ast"), Mapping) else {}
+    return dict(ast.get("front_end")) if isinstance(ast.get("front_end"), Mapping) else {}
 
 
 def _front_end_rate(meta: Mapping) -> int | None:
     """The AST front end's own sample rate where steth.json records one (``ast.front_end.sampling_rate``)."""
-    ast = meta.get("ast") if isinstance(meta.get("ast"), Mapping) else {}
-    front_end = ast.get("front_end") if isinstance(ast.get("front_end"), Mapping) else {}
-    rate = front_end.get("sampling_rate")
+    rate = _front_end(meta).get("sampling_rate")
     return int(rate) if isinstance(rate, (int, float)) else None
 
 
@@ -362,7 +391,7 @@ def render_card(model_dir: str | os.PathLike, evaluation: Mapping | str | os.Pat
     if evaluation is None and (model_dir / "evaluation.json").is_file():
         evaluation = model_dir / "evaluation.json"
     context = card_context(meta, load_evaluation(evaluation), name=name or _default_name(model_dir, meta),
-                           comparison=comparison, repo_id=repo_id)
+                           comparison=comparison, repo_id=repo_id, model_dir=model_dir)
     front = yaml.safe_dump(card_metadata(context), sort_keys=False, allow_unicode=True, width=1000)
     return _template().render(front_matter=front.strip(), **context).strip() + "\n"
 

@@ -207,6 +207,24 @@ def test_steth_card_writes_readme_atomically_and_copies_it(model_dir, real_evalu
         write_card(model_dir, broken)
 
 
+def test_compare_puts_the_evaluation_stored_in_steth_json_first(model_dir, real_evaluation, tmp_path):
+    """A model whose evaluation lives in steth.json (as `steth train --evaluation` stores it): --compare adds
+    rows after its own, it does not replace them."""
+    meta = json.loads((model_dir / "steth.json").read_text())
+    own = json.loads(real_evaluation.read_text())
+    meta["evaluation"] = own
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    other = json.loads(real_evaluation.read_text())
+    other["model"] = dict(other["model"], name="another-run")
+    other_path = tmp_path / "another.evaluation.json"
+    other_path.write_text(json.dumps(other))
+    result = CliRunner().invoke(main, ["card", str(model_dir), "--compare", str(other_path)])
+    assert result.exit_code == 0, result.output
+    table = (model_dir / "README.md").read_text().split("### Comparison (patient level, same folds)")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows[0].startswith(f"| {own['model']['name']} |") and rows[1].startswith("| another-run |"), rows
+
+
 def test_evaluation_json_beside_the_model_is_used_by_default(model_dir, real_evaluation):
     (model_dir / "evaluation.json").write_text(real_evaluation.read_text())
     assert "**Not evaluated.**" not in render_card(model_dir)
@@ -277,3 +295,21 @@ def test_model_specific_limitations_and_the_front_end_note(model_dir):
     meta["ast"]["front_end"]["sampling_rate"] = 16000  # the usual AST front end: nothing to warn about
     (model_dir / "steth.json").write_text(json.dumps(meta))
     assert "front end works at" not in render_card(model_dir)
+
+
+def test_card_says_what_the_network_is_and_how_it_was_trained(model_dir):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    meta = json.loads((model_dir / "steth.json").read_text())
+    meta["training"].update(experiment={"name": "two-stage", "description": "A tiny AST for a test."}, epochs=3.25,
+                            recipe={"pretrain": {"epochs": 30}, "freeze_encoder": True})
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    save_file({"a": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)}, str(model_dir / "model.safetensors"))
+    text = render_card(model_dir)
+    assert "A tiny AST for a test." in text and "| parameters | 17 |" in text
+    assert ("Experiment `two-stage`: 30 epochs of self-supervised pretraining of the whole network (no labels), "
+            "then 3.2 epochs on the labels (classification head only, encoder frozen).") in text
+    meta["training"]["recipe"] = {}
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    assert "Experiment `two-stage`: 3.2 epochs on the labels." in render_card(model_dir)

@@ -33,7 +33,17 @@ def card(model_dir: Path, evaluation: Path | None, compare: tuple[Path, ...], na
     comparison = None
     if compare:
         own = evaluation or (model_dir / "evaluation.json")
-        comparison = ([own] if own.is_file() else []) + list(compare)
+        if own.is_file():
+            first = [own]
+        else:  # the evaluation steth.json carries (what steth train --evaluation stored) comes first
+            import json
+
+            try:
+                recorded = json.loads((model_dir / "steth.json").read_text(encoding="utf-8")).get("evaluation")
+            except (OSError, ValueError, AttributeError):
+                recorded = None
+            first = [recorded] if isinstance(recorded, dict) and recorded.get("model") else []
+        comparison = first + list(compare)
     written = write_card(model_dir, evaluation, out=out, copy_to=copy_to, name=name,
                          comparison=comparison, repo_id=repo_id)
     click.echo(f"wrote {written}")
