@@ -426,12 +426,15 @@ def _esc(text: Any) -> str:
 
 
 def _summary(result, recording: "Recording", name: str, record: dict, patient: PatientFacts) -> str:
+    from steth_hub.explanation import decision_numbers
+
     probability, threshold = float(result.probability), float(result.threshold)
+    shown, shown_threshold = decision_numbers(probability, threshold)
     side = "at or above" if result.decision else "below"
     explained = record.get("explanation") or {}
     rows = [
-        ("P(asthma)", f"{probability:.2f}"),
-        ("Decision", f"{_decision_text(result)} (P(asthma) {side} the model's threshold {threshold:.2f})"),
+        ("P(asthma)", shown),
+        ("Decision", f"{_decision_text(result)} (P(asthma) {side} the model's threshold {shown_threshold})"),
         ("Clips analysed", str(result.n_clips)),
         ("Model", _esc(f"{record['selected_model']['name']} ({record['selected_model']['plugin']})")),
         ("Explanation map", f"below, drawn by the {_esc(explained['explainer'])} explainer"
@@ -440,7 +443,7 @@ def _summary(result, recording: "Recording", name: str, record: dict, patient: P
         ("Patient facts (not model inputs)", _esc(patient.describe())),
     ]
     items = "\n".join(f"- **{key}:** {value}" for key, value in rows)
-    return (f"### Screening result: P(asthma) = {probability:.2f}, "
+    return (f"### Screening result: P(asthma) = {shown}, "
             f"{'positive' if result.decision else 'negative'}\n\n{items}\n\n{DISCLAIMER}")
 
 

@@ -205,6 +205,23 @@ def logits_module(classifier, net):
 
 
 # =========================================================================== grids
+def decision_numbers(probability: float, threshold: float) -> tuple[str, str]:
+    """P(asthma) and the threshold as text, for a sentence that compares them.
+
+    The threshold has 3 decimals (as the CLI and the model card show it), P 2 decimals, or 3
+    within 0.005 of the threshold; where the shown numbers would still put P on the wrong side
+    of the shown threshold (P = 0.4971 below 0.49715 would read "0.497 ... threshold 0.497"),
+    both get more decimals until they do not.
+    """
+    p, t = float(probability), float(threshold)
+    p_digits, t_digits = (2 if abs(p - t) >= 0.005 else 3), 3
+    while True:
+        p_text, t_text = f"{p:.{p_digits}f}", f"{t:.{t_digits}f}"
+        if (float(p_text) >= float(t_text)) == (p >= t) or t_digits >= 8:
+            return p_text, t_text
+        p_digits = t_digits = t_digits + 1
+
+
 def hz_to_mel(hz, scale: str = "slaney"):
     """Hz to mel on the given scale (``"slaney"``, ``"htk"`` or ``"kaldi"``), as transformers computes it."""
     from transformers.audio_utils import hertz_to_mel
@@ -525,7 +542,7 @@ def draw(explanation: Explanation):
         colour = "tab:red" if p >= e.threshold else "tab:blue"
         ax_prob.hlines(p, start, start + length, colors=colour, linewidth=3, alpha=0.8)
     ax_prob.axhline(e.threshold, color="black", linestyle="--", linewidth=1)
-    ax_prob.text(extent[1], e.threshold, f" threshold {e.threshold:.2f}", va="center", fontsize=8)
+    ax_prob.text(extent[1], e.threshold, f" threshold {e.threshold:.3f}", va="center", fontsize=8)
     ax_prob.set_ylim(-0.02, 1.02)
     ax_prob.set_ylabel("P(asthma)\nper clip")
     ax_prob.set_xlabel("time (s)")
@@ -533,8 +550,9 @@ def draw(explanation: Explanation):
 
     name = Path(e.source).name if e.source not in (None, "", "<array>", "<bytes>") else (e.source or "<array>")
     verdict = "asthma suspected" if e.decision else "asthma not suspected"
+    shown_p, shown_t = decision_numbers(e.probability, e.threshold)
     fig.suptitle(f"{name}  |  model: {e.model}\n"
-                 f"P(asthma) = {e.probability:.2f}: {verdict} at threshold {e.threshold:.2f}  |  "
+                 f"P(asthma) = {shown_p}: {verdict} at threshold {shown_t}  |  "
                  f"{DISCLAIMER}", fontsize=11)
     return fig
 

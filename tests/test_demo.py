@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from steth_hub import demo
 from steth_hub.errors import ConfigError
+from steth_hub.explanation import decision_numbers
 from test_demo_support import ASTHMA_WAV, EXAMPLES, NORMAL_WAV, tiled_wav, train_tiny_model
 
 HEAVY = ("gradio", "torch", "transformers", "datasets", "timm", "sklearn", "librosa", "matplotlib")
@@ -54,8 +55,9 @@ def test_a_real_recording_gets_the_screening_result_of_steth_hub_screen(screener
     assert record["decision"] == expected.decision and record["n_clips"] == expected.n_clips == 3
     assert record["threshold"] == pytest.approx(expected.threshold)
     assert record["source"] == ASTHMA_WAV.name and record["selected_model"] == {"name": "tiny", "plugin": "mfcc-logreg"}
-    assert f"P(asthma) = {expected.probability:.2f}" in summary
-    assert f"threshold {expected.threshold:.2f}" in summary
+    shown_p, shown_t = decision_numbers(expected.probability, expected.threshold)
+    assert f"P(asthma) = {shown_p}" in summary
+    assert f"threshold {shown_t}" in summary and len(shown_t.split(".")[1]) >= 3
     assert ("screen positive" if expected.decision else "screen negative") in summary
     assert "not a diagnosis" in summary.lower()
     # the 4 kHz recording carries a quality warning, shown in the page and kept in the JSON
@@ -66,6 +68,20 @@ def test_a_real_recording_gets_the_screening_result_of_steth_hub_screen(screener
     assert explanation is None and "no explainer" in record["explanation"]["note"]
     assert "Explanation map:** not shown: no explainer is installed for the mfcc-logreg classifier" in summary
     json.dumps(record)  # the JSON output is plain JSON
+
+
+def test_the_summary_shows_the_threshold_with_3_decimals_and_a_close_p_with_3():
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(probability=0.495, threshold=0.49715, decision=False, n_clips=3)
+    recording = SimpleNamespace(duration=10.0, original_sample_rate=4000)
+    record = {"selected_model": {"name": "tiny", "plugin": "mfcc-logreg"}, "explanation": {}}
+    summary = demo._summary(result, recording, "x.wav", record, demo.PatientFacts())
+    assert "P(asthma) = 0.495, negative" in summary and "**P(asthma):** 0.495" in summary
+    assert "below the model's threshold 0.497)" in summary and "0.50" not in summary
+    result = SimpleNamespace(probability=0.81234, threshold=0.49715, decision=True, n_clips=3)
+    summary = demo._summary(result, recording, "x.wav", record, demo.PatientFacts())
+    assert "P(asthma) = 0.81, positive" in summary and "at or above the model's threshold 0.497)" in summary
 
 
 def make_tiny_ast():

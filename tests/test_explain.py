@@ -293,6 +293,36 @@ def test_png_is_readable_and_written_atomically(explanation, tmp_path, monkeypat
     assert png.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["map.png"]
 
 
+@pytest.mark.parametrize("probability, threshold, shown", [
+    (0.3, 0.49715, ("0.30", "0.497")), (0.495, 0.49715, ("0.495", "0.497")), (0.499, 0.49715, ("0.499", "0.497")),
+    (0.4971, 0.49715016, ("0.4971", "0.4972")), (0.4968, 0.49715016, ("0.4968", "0.4972")),
+    (0.49715, 0.49715, ("0.497", "0.497")), (0.496, 0.5, ("0.496", "0.500")), (0.7, 0.5, ("0.70", "0.500"))])
+def test_decision_numbers_never_put_p_on_the_wrong_side_of_the_threshold(probability, threshold, shown):
+    from steth_hub.explanation import decision_numbers
+
+    p_text, t_text = decision_numbers(probability, threshold)
+    assert (p_text, t_text) == shown
+    assert (float(p_text) >= float(t_text)) == (probability >= threshold)
+
+
+def test_the_picture_shows_the_threshold_with_3_decimals(explanation):
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    from steth_hub.explanation import draw
+
+    near = dataclasses.replace(explanation, probability=0.495, threshold=0.49715, decision=False)
+    fig = draw(near)
+    try:
+        title = fig._suptitle.get_text()
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    finally:
+        plt.close(fig)
+    assert "P(asthma) = 0.495: asthma not suspected at threshold 0.497" in title
+    assert " threshold 0.497" in texts and "0.50" not in title
+
+
 def test_the_package_functions_stay_callable_however_the_modules_were_imported():
     code = ("import steth_hub.explanation, steth_hub.screening, steth_hub; from steth_hub import explain, screen; "
             "assert callable(steth_hub.explain) and callable(explain); "
