@@ -45,14 +45,26 @@ OOF_FILE = "oof_predictions.csv"
 REPORT_FORMAT = "steth-hub-evaluation/1"
 BASELINE_CLASSIFIER = "mfcc-logreg"
 LEVELS: tuple[str, ...] = ("clip", "recording", "patient")
-#: recipe overrides of a ``--quick`` smoke run (its numbers are not results)
+#: recipe overrides of a ``--quick`` smoke run (its numbers are not results); a recipe's
+#: self-supervised ``pretrain`` stage is also cut to this many epochs (see :func:`quick_recipe`)
 QUICK_RECIPE = {"num_train_epochs": 1}
+QUICK_PRETRAIN_EPOCHS = 1
 #: fraction of the training patients held out for early stopping and the threshold
 DEFAULT_VALIDATION_FRACTION = 0.2
 #: diagnoses kept in the "asthma vs normal" subgroup
 ASTHMA_VS_NORMAL = ("asthma", "normal")
 
 Progress = Callable[[str], None]
+
+
+def quick_recipe(recipe: Mapping[str, Any]) -> dict:
+    """The overrides that make ``recipe`` a ``--quick`` smoke run: one labelled epoch, and at
+    most one epoch of its ``pretrain`` stage where it has one (its other settings kept)."""
+    overrides = dict(QUICK_RECIPE)
+    pretrain = recipe.get("pretrain")
+    if isinstance(pretrain, Mapping) and pretrain.get("epochs"):
+        overrides["pretrain"] = {**pretrain, "epochs": min(pretrain["epochs"], QUICK_PRETRAIN_EPOCHS)}
+    return overrides
 
 
 # --------------------------------------------------------------------------- folds
@@ -281,7 +293,7 @@ def cross_validate_clips(clips, experiment, *, folds: Mapping[str, int] | None =
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment)
     if quick:
-        experiment = experiment.with_recipe(**QUICK_RECIPE)
+        experiment = experiment.with_recipe(**quick_recipe(experiment.recipe))
     evaluation = dict(experiment.evaluation or {})
     fraction = float(evaluation.get("validation_fraction", DEFAULT_VALIDATION_FRACTION))
     out_dir = Path(out_dir)
@@ -485,7 +497,7 @@ def cross_validate(corpus, experiment, *, folds: int | None = None, out_dir: str
             outputs go.
         baseline: also score the MFCC + logistic-regression baseline on the same folds.
         n_bootstrap: patient resamples per interval.
-        quick: a smoke run with one epoch; the report says so in capitals.
+        quick: a smoke run with one epoch (and at most one of pretraining); the report says so in capitals.
 
     Returns:
         The report dict written to ``out_dir/evaluation.json``.

@@ -348,3 +348,32 @@ def test_bad_experiments_fail_before_any_work(tmp_path):
         evaluate.cross_validate(tmp_path / "no-corpus", {"name": "x", "classifier": "mfcc-logreg", "preset": "nope"},
                                 out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_quick_recipe_cuts_the_pretraining_too():
+    from pathlib import Path
+
+    from steth_hub.experiment import load_experiment
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "ast-asthma.yaml"
+    experiment = load_experiment(config)
+    assert experiment.recipe["pretrain"]["epochs"] > 1  # the recipe pretrains for many epochs
+    quick = experiment.with_recipe(**evaluate.quick_recipe(experiment.recipe))
+    assert quick.recipe["num_train_epochs"] == 1 and quick.recipe["pretrain"]["epochs"] == 1
+    assert {k: v for k, v in quick.recipe["pretrain"].items() if k != "epochs"} == \
+        {k: v for k, v in experiment.recipe["pretrain"].items() if k != "epochs"}
+    assert experiment.recipe["pretrain"]["epochs"] > 1  # the experiment itself is untouched
+    # a recipe without pretraining gets none, one with fewer epochs keeps them
+    assert evaluate.quick_recipe({"num_train_epochs": 30}) == {"num_train_epochs": 1}
+    assert "pretrain" not in evaluate.quick_recipe({"pretrain": {"epochs": 0}})
+    assert evaluate.quick_recipe({"pretrain": {"epochs": 0.5, "learning_rate": 1e-3}})["pretrain"] == \
+        {"epochs": 0.5, "learning_rate": 1e-3}
+
+
+def test_cli_help_says_what_quick_and_epochs_cut():
+    from steth_hub.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "--help"])
+    assert "one epoch (pretraining too)" in " ".join(result.output.split())
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert "pretrain.epochs is left unchanged" in " ".join(result.output.split())

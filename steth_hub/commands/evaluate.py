@@ -30,7 +30,7 @@ import click
               help="Patient-bootstrap resamples per interval [default: 2000; 200 with --quick].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of folds, validation splits, bootstrap.")
 @click.option("--quick", is_flag=True,
-              help="Smoke run: one epoch and 200 resamples; the output says it is not a result.")
+              help="Smoke run: one epoch (pretraining too) and 200 resamples; the output says it is not a result.")
 @click.option("--compare", is_flag=True,
               help="Instead of evaluating: print the patient-level comparison table of REPORTS (Markdown).")
 @click.option("--to", "to", type=click.Path(dir_okay=False, path_type=Path), default=None,

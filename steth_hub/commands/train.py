@@ -12,7 +12,9 @@ import click
               help="Corpus folder written by `steth corpus import` / `merge`.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @click.option("--resume", is_flag=True, help="Continue a stopped run from its last checkpoint.")
-@click.option("--epochs", type=float, default=None, help="Override the recipe's num_train_epochs.")
+@click.option("--epochs", type=float, default=None,
+              help="Epochs of the labelled stage (overrides the recipe's num_train_epochs); "
+                   "a recipe's pretrain.epochs is left unchanged.")
 @click.option("--valid-fraction", type=float, default=None,
               help="Share of patients held out for early stopping and the threshold "
                    "(default 0.2 when the recipe early-stops, else 0: train on every patient).")
