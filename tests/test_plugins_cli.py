@@ -25,3 +25,13 @@ def test_a_known_kind_lists_only_that_kind():
     assert result.exit_code == 0, result.output
     assert '"kind": "explainer"' in result.output
     assert '"kind": "classifier"' not in result.output
+
+
+def test_the_ast_fbank_summary_says_its_settings_not_a_fixed_front_end():
+    from steth_hub.registry import get_registry
+
+    summary = get_registry().get("feature_extractor", "ast-fbank").summary
+    assert "\n" not in summary and len(summary) <= 160
+    assert "num_mel_bins bands (128 by default)" in summary
+    assert "400-sample windows every 160 at its own rate (25/10 ms at 16 kHz)" in summary
+    assert "[N, T, 128]" not in summary

@@ -16,5 +16,6 @@ def register_feature_extractors(register):
         factory="steth_hub.features:MultiWindowLogMel", requires=("torch", "transformers"), extra="train"))
     register(FeatureExtractorSpec(
         name="ast-fbank",
-        summary="The AST front end (transformers' ASTFeatureExtractor) -> [N, T, 128]",
+        summary="ASTFeatureExtractor Kaldi-style filter banks: num_mel_bins bands (128 by default), "
+                "400-sample windows every 160 at its own rate (25/10 ms at 16 kHz)",
         factory="steth_hub.features:ASTFrontEnd", requires=("torch", "transformers"), extra="train"))
