@@ -10,7 +10,8 @@ Screening is lenient where building a training corpus is strict. The preset's ch
 (``min-duration``, ``clipping``) reject a recording from a corpus; here a recording that
 fails them but is still long enough for one clip is screened *with a warning*. A recording
 shorter than one clip, or one that cannot be decoded (corrupt, empty, silent, NaN), is an
-error for that file. Decoding warnings (low sample rate, truncated, stereo) pass through.
+error for that file. Decoding warnings (truncated, stereo...) pass through; a low sample rate
+is reported only when the recording lacks frequencies the model reads (below its band limit).
 
 Every result carries :data:`DISCLAIMER`: this is screening support, not a diagnosis.
 """
@@ -114,6 +115,21 @@ class ScreeningPipeline:
         self.preprocessor = Preprocessor(Preset(name=f"{preset.name}-screening", steps=steps,
                                                 description=preset.description))
         self.sample_rate = preset.sample_rate
+        params = {name: dict(p or {}) for name, p in preset.steps}
+        #: seconds trimmed from each end, and the clip length: a recording needs 2 * trim + clip
+        self.trim_seconds = float(sum(float((p or {}).get("seconds", 0.0)) for n, p in preset.steps if n == "trim"))
+        self.clip_seconds = float(preset.clip_seconds or params.get("cut", {}).get("seconds") or 0.0)
+        self.min_training_seconds = float(params.get("min-duration", {}).get("seconds") or 0.0)
+        #: the highest frequency the model reads: the preset's band limit, else the clips' Nyquist
+        tops = [float(p["max_hz"]) for n, p in preset.steps if n == "bandlimit" and (p or {}).get("max_hz")]
+        if preset.sample_rate:
+            tops.append(preset.sample_rate / 2.0)
+        self.top_hz = min(tops) if tops else None
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest recording that gives one clip."""
+        return 2 * self.trim_seconds + self.clip_seconds
 
     def clips(self, recording, recording_id: str) -> tuple[list, list[str]]:
         from steth_hub.clips import Clip
@@ -125,8 +141,45 @@ class ScreeningPipeline:
             try:
                 check(whole)
             except RecordingRejected as exc:
-                warnings.append(f"{exc.message} (screened anyway; a training corpus would reject it: {name})")
-        return self.preprocessor.run(recording, recording_id), warnings
+                warnings.append(self._lenient_warning(name, exc))
+        try:
+            clips = self.preprocessor.run(recording, recording_id)
+        except RecordingRejected as exc:
+            if exc.code != "too-short" or not self.clip_seconds:
+                raise
+            need = self.min_seconds
+            raise RecordingRejected(
+                f"recording lasts {recording.duration:.2f} s; this model needs at least {need:g} s (it trims "
+                f"{self.trim_seconds:g} s at each end and reads {self.clip_seconds:g} s clips)",
+                path=exc.path or recording_id, code="too-short",
+                fix=f"record at least {int(np.ceil(need))} s, ideally 10 s or more") from exc
+        return clips, warnings
+
+    def _lenient_warning(self, name: str, exc) -> str:
+        """A check that would keep the recording out of a training corpus, said for the person screening."""
+        if name == "clipping":
+            return (f"{exc.message}: the recording is distorted and the model never saw such recordings, so "
+                    "treat the result as unreliable (record again with a lower input gain)")
+        if name == "min-duration":
+            return (f"{exc.message}: shorter than any recording the model was trained on "
+                    f"(at least {self.min_training_seconds:g} s); record 10 s or more for a steadier result")
+        return f"{exc.message} (screened anyway; a training corpus would reject it: {name})"
+
+    def decoding_warnings(self, recording) -> list[str]:
+        """The decoder's warnings that matter to this model: a low sample rate only when the
+        recording lacks frequencies the model reads (a 4 kHz file is complete for a model that
+        reads up to 2 kHz)."""
+        out = []
+        rate = getattr(recording, "original_sample_rate", None) or recording.sample_rate
+        for warning in recording.warnings:
+            if warning.startswith("low sample rate") and self.top_hz is not None:
+                if rate / 2.0 >= self.top_hz - 1e-6:
+                    continue
+                warning = (f"low sample rate {int(rate)} Hz: nothing above {int(rate) // 2} Hz was recorded, "
+                           f"but this model reads up to {self.top_hz:g} Hz, so its result is less reliable "
+                           "(record at a higher sample rate)")
+            out.append(warning)
+        return out
 
 
 def to_recording(path_or_array, sample_rate):
@@ -142,7 +195,14 @@ def to_recording(path_or_array, sample_rate):
                              fix="call screen(samples, sample_rate=...)")
         return from_array(np.asarray(path_or_array), int(sample_rate))
     if isinstance(path_or_array, (str, os.PathLike, bytes, bytearray)):
-        return decode(path_or_array)
+        try:
+            return decode(path_or_array)
+        except AudioError as exc:
+            if exc.code != "too-long":
+                raise
+            raise AudioError(exc.message, path=exc.path, code=exc.code,
+                             fix="screen a 10-60 s stretch of it (for example: ffmpeg -i INPUT -ss 0 -t 30 part.wav); "
+                                 "the model reads 5 s clips, so hours of audio add nothing") from exc
     raise AudioError(f"cannot screen a {type(path_or_array).__name__}", path=str(path_or_array)[:80],
                      code="corrupt", fix="pass a file path, bytes, or a numpy array with sample_rate")
 
@@ -169,7 +229,7 @@ def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate
     return ScreeningResult(
         source=source, probability=probability, decision=decision, label="asthma" if decision else "not_asthma",
         threshold=float(model.threshold), n_clips=len(clips), clip_probabilities=[float(p) for p in probs],
-        clip_starts=[float(c.start) for c in clips], warnings=list(recording.warnings) + warnings,
+        clip_starts=[float(c.start) for c in clips], warnings=pipeline.decoding_warnings(recording) + warnings,
         model=model_name(model))
 
 

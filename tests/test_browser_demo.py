@@ -92,7 +92,7 @@ def test_upload_screen_and_read_the_result_in_chromium(browser, page_url, tiny_d
     assert "screen positive" in text and ASTHMA_WAV.name.split("_")[0] in text
     assert "not a diagnosis" in text.lower()
     page.wait_for_selector("#steth-spectrogram img", timeout=30_000)
-    assert "low sample rate" in page.inner_text("#steth-warnings")
+    assert "no warnings" in page.inner_text("#steth-warnings")  # 4 kHz holds all the 0-2 kHz the model reads
 
     shot = tmp_path / "demo.png"
     page.screenshot(path=str(shot), full_page=True)

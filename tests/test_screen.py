@@ -99,7 +99,18 @@ def test_screen_an_array_needs_its_rate_and_matches_the_file(tiny_model, example
     from_array = screen(x, sample_rate=rate, model=model)
     from_file = screen([p for p in example_wavs if p.parent.name == "kauh"][0], model=model)
     assert from_array.probability == pytest.approx(from_file.probability, abs=1e-5)
-    assert any("low sample rate" in w for w in from_array.warnings)  # KAUH is 4 kHz
+    # KAUH is 4 kHz: complete up to 2 kHz, all this model reads (its preset band-limits to 2 kHz)
+    assert not any("low sample rate" in w for w in from_array.warnings + from_file.warnings)
+
+
+def test_low_sample_rate_is_flagged_only_when_the_model_reads_higher(tiny_model, example_wavs):
+    from steth_hub.audio import resample
+
+    model, _ = tiny_model
+    x, rate = _real(example_wavs)
+    result = screen(resample(x, rate, 3000), sample_rate=3000, model=model)
+    low = [w for w in result.warnings if w.startswith("low sample rate")]
+    assert len(low) == 1 and "nothing above 1500 Hz" in low[0] and "reads up to 2000 Hz" in low[0], result.warnings
 
 
 def test_short_recording_is_screened_with_a_warning(tiny_model, example_wavs, tmp_path):
@@ -115,14 +126,16 @@ def test_short_recording_is_screened_with_a_warning(tiny_model, example_wavs, tm
     x, rate = _real(example_wavs, seconds=7.0)
     result = screen(_write(tmp_path / "short.wav", x, rate), model=strict)
     assert result.n_clips == 1
-    assert any("8 s minimum" in w and "screened anyway" in w for w in result.warnings)
+    assert any("8 s minimum" in w and "shorter than any recording the model was trained on (at least 8 s)" in w
+               for w in result.warnings), result.warnings
 
 
 def test_clipped_recording_is_screened_with_a_warning(tiny_model, examples_dir):
     model, _ = tiny_model
     clipped = examples_dir / "icbhi" / "112_1b1_Ar_sc_Meditron_middle10sec.wav"
     result = screen(clipped, model=model)
-    assert result.n_clips == 3 and any("clipped" in w for w in result.warnings)
+    assert result.n_clips == 3 and any("clipped" in w and "treat the result as unreliable" in w
+                                       for w in result.warnings), result.warnings
 
 
 def test_too_short_for_one_clip_is_a_clear_error(tiny_model, example_wavs, tmp_path):
@@ -131,6 +144,9 @@ def test_too_short_for_one_clip_is_a_clear_error(tiny_model, example_wavs, tmp_p
     with pytest.raises(RecordingRejected) as info:
         screen(_write(tmp_path / "three-seconds.wav", x, rate), model=model)
     assert info.value.code == "too-short" and "three-seconds.wav" in str(info.value)
+    # said in terms of the recording, with a fix the person screening can act on (no preset talk)
+    assert "lasts 3.00 s; this model needs at least 6 s" in info.value.message
+    assert info.value.fix.startswith("record at least 6 s") and "preset" not in info.value.fix
 
 
 def _bad_files(tmp_path: Path, example_wavs) -> dict[str, Path]:
@@ -165,6 +181,8 @@ def test_bad_inputs_fail_clearly_and_the_batch_goes_on(tiny_model, example_wavs,
                      "short.wav": "too-short", "nan.wav": "not-finite", "huge.wav": "too-long",
                      "does-not-exist.wav": "missing"}
     assert all(f["fix"] and f["message"] for f in failures)
+    huge = next(f for f in failures if f["code"] == "too-long")
+    assert "max_seconds" not in huge["fix"] and "ffmpeg" in huge["fix"]  # nothing screen cannot do
 
 
 def test_cli_table_json_and_exit_status(tiny_model, example_wavs, tmp_path):
@@ -177,6 +195,9 @@ def test_cli_table_json_and_exit_status(tiny_model, example_wavs, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "P(ASTHMA)" in ok.output and "1 screened, 1 failed" in ok.output and "not a diagnosis" in ok.output
     assert "corrupt.wav" in ok.output and "fix:" in ok.output
+    assert "SCREEN" in ok.output and ("positive (>= " in ok.output or "negative (< " in ok.output)
+    assert f"Model: {folder}" in ok.output or "Model: " in ok.output
+    assert "carries no evaluation: its accuracy is unknown" in ok.output  # the tiny model was never evaluated
 
     as_json = runner.invoke(main, ["screen", str(example_wavs[0]), "--model", str(folder), "--json"])
     data = json.loads(as_json.output)
@@ -207,6 +228,19 @@ def test_embedded_model_matches_recorded_values_on_the_examples(examples_dir):
     for name, p in expected["probabilities"].items():
         assert got[name].probability == pytest.approx(p, abs=1e-4), name
         assert got[name].threshold == pytest.approx(expected["threshold"])
+
+
+def test_cli_says_which_model_answered_and_how_good_it_was(examples_dir):
+    from steth_hub.cli import main
+    from steth_hub.evaluate import format_value
+
+    meta = json.loads((EMBEDDED / "steth.json").read_text())
+    auroc = format_value(meta["evaluation"]["model"]["levels"]["patient"]["auroc"])
+    out = CliRunner().invoke(main, ["screen", "--quiet", *map(str, sorted(examples_dir.glob("kauh/*.wav")))])
+    assert out.exit_code == 0, out.output
+    assert f"Model: steth/ast-asthma, threshold {meta['threshold']:.3f}" in out.output
+    assert f"patient-level AUROC {auroc}" in out.output and "MFCC baseline" in out.output
+    assert "low sample rate" not in out.output  # 4 kHz KAUH files hold all the 0-2 kHz this model reads
 
 
 @pytest.mark.skipif(not (EMBEDDED / "steth.json").is_file(), reason="the embedded model is not trained yet")

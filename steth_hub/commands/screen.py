@@ -32,15 +32,37 @@ def screen(files, model, as_json, quiet):
         for f in failures:
             click.secho(f"failed: {f['source']}: {f['message']}" + (f" (fix: {f['fix']})" if f.get("fix") else ""),
                         fg="red", err=True)
-        click.echo(f"\n{len(results)} screened, {len(failures)} failed. {DISCLAIMER}")
+        click.echo(f"\n{len(results)} screened, {len(failures)} failed.")
+        if results:
+            click.echo(_model_line(model, results[0]))
+        click.echo(DISCLAIMER)
     if not results:
         sys.exit(1)
 
 
+def _model_line(model, result) -> str:
+    """Which model answered, what "positive" means, and how good it was in cross-validation."""
+    from steth_hub.evaluate import format_value
+    from steth_hub.screening import load_model
+
+    line = (f"Model: {result.model}, threshold {result.threshold:.3f}. Positive: the recording sounds like the "
+            "asthma recordings the model learned from (refer for assessment).")
+    try:
+        evaluation = (load_model(model).metadata or {}).get("evaluation") or {}
+        auroc = evaluation["model"]["levels"]["patient"]["auroc"]
+        baseline = ((evaluation.get("baseline") or {}).get("levels") or {}).get("patient", {}).get("auroc")
+    except (KeyError, TypeError, AttributeError):
+        return line + " This model carries no evaluation: its accuracy is unknown."
+    line += f" Cross-validated patient-level AUROC {format_value(auroc)}"
+    if baseline:
+        line += f" (MFCC baseline {format_value(baseline)})"
+    return line + "; see its model card for data and limits."
+
+
 def _table(results) -> None:
-    rows = [(r.source, f"{r.probability:.3f}", f"{r.label} (>= {r.threshold:.3f})" if r.decision
-             else f"{r.label} (< {r.threshold:.3f})", str(r.n_clips), "; ".join(r.warnings) or "-") for r in results]
-    headers = ("FILE", "P(ASTHMA)", "DECISION", "CLIPS", "WARNINGS")
+    rows = [(r.source, f"{r.probability:.3f}", f"positive (>= {r.threshold:.3f})" if r.decision
+             else f"negative (< {r.threshold:.3f})", str(r.n_clips), "; ".join(r.warnings) or "-") for r in results]
+    headers = ("FILE", "P(ASTHMA)", "SCREEN", "CLIPS", "WARNINGS")
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers[:-1])]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths)) + "  " + headers[-1])
     for row in rows:
