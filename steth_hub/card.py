@@ -176,7 +176,7 @@ def evaluation_summary(report: Mapping | None) -> dict | None:
     """
     if not report or not isinstance(report.get("model"), Mapping):
         return None
-    from steth_hub.evaluate import format_value
+    from steth_hub.evaluate import format_value, subgroup_rows
 
     levels = _level_rows(report["model"].get("levels"))
     if not levels:
@@ -206,6 +206,7 @@ def evaluation_summary(report: Mapping | None) -> dict | None:
         "gap": gap,
         "comparison": None,
         "recommended_threshold": report.get("recommended_threshold"),
+        "subgroups": subgroup_rows(report),
         "counts": {key: dict(counts.get(key) or {}) for key in ("patients", "recordings", "clips")},
         "quick": bool(report.get("quick")),
         "warning": report.get("warning"),

@@ -557,6 +557,30 @@ METRIC_NAMES = {"auroc": "AUROC", "sensitivity": "sensitivity", "specificity": "
                 "youden_j": "Youden's J", "accuracy": "accuracy"}
 
 
+def subgroup_rows(report: Mapping) -> list[dict]:
+    """Patient-level subgroups of a report (by source, asthma vs normal), model beside baseline.
+
+    ``[{"name", "patients", "asthma", "auroc", "specificity", "baseline_auroc", "baseline_specificity"}]``
+    with the values formatted (``0.60 [0.46, 0.74]``, ``n/a`` where a subgroup has one class).
+    A model that tells the sources apart without hearing asthma scores well pooled and near 0.5
+    within a source: where only one source has asthma patients, its row is the one to read.
+    """
+    model = report.get("model") or {}
+    base = report.get("baseline") or {}
+    groups = model.get("subgroups") or {}
+    rows = []
+    for name, entry in groups.items():
+        if not isinstance(entry, Mapping):
+            continue
+        other = (base.get("subgroups") or {}).get(name) or {}
+        rows.append({"name": name.replace("source=", "source: ").replace("asthma-vs-normal", "asthma vs normal only"),
+                     "patients": entry.get("n_groups", entry.get("n")), "asthma": entry.get("n_pos"),
+                     "auroc": format_value(entry.get("auroc")), "specificity": format_value(entry.get("specificity")),
+                     "baseline_auroc": format_value(other.get("auroc")) if other else None,
+                     "baseline_specificity": format_value(other.get("specificity")) if other else None})
+    return rows
+
+
 def format_table(report: Mapping) -> str:
     """The console table: rows level x metric; columns model, baseline and the gap between them."""
     model, base = report["model"], report.get("baseline")
@@ -585,6 +609,16 @@ def format_table(report: Mapping) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    groups = subgroup_rows(report)
+    if groups:
+        lines.append("patient-level subgroups (AUROC / specificity"
+                     + (f"; {base['name']} beside" if base else "") + "):")
+        for g in groups:
+            text = f"  {g['name']} ({g['patients']} patients, {g['asthma']} asthma): AUROC {g['auroc']}, " \
+                   f"specificity {g['specificity']}"
+            if g["baseline_auroc"] is not None:
+                text += f" | baseline AUROC {g['baseline_auroc']}, specificity {g['baseline_specificity']}"
+            lines.append(text)
     lines.append(f"recommended threshold (pooled out-of-fold recordings): {report.get('recommended_threshold'):.3f}")
     return "\n".join(lines)
 

@@ -275,9 +275,11 @@ def test_readme_results_table_quotes_the_embedded_models_own_evaluation():
     row = next(line for line in table.splitlines() if line.startswith("| `steth/ast-asthma`"))
     for metric in ("auroc", "sensitivity", "specificity"):
         assert format_value(patient[metric]) in row, (metric, format_value(patient[metric]), row)
-    baseline = meta["evaluation"]["baseline"]["levels"]["patient"]
+    assert format_value(meta["evaluation"]["model"]["subgroups"]["source=kauh"]["auroc"]) in row  # within KAUH
+    baseline = meta["evaluation"]["baseline"]
     row = next(line for line in table.splitlines() if "MFCC" in line)
-    assert format_value(baseline["auroc"]) in row
+    assert format_value(baseline["levels"]["patient"]["auroc"]) in row
+    assert format_value(baseline["subgroups"]["source=kauh"]["auroc"]) in row
 
 
 def test_model_specific_limitations_and_the_front_end_note(model_dir):
@@ -313,3 +315,23 @@ def test_card_says_what_the_network_is_and_how_it_was_trained(model_dir):
     meta["training"]["recipe"] = {}
     (model_dir / "steth.json").write_text(json.dumps(meta))
     assert "Experiment `two-stage`: 3.2 epochs on the labels." in render_card(model_dir)
+
+
+def test_card_shows_the_metrics_within_each_source(model_dir, real_evaluation):
+    """Pooled figures flatter a model that tells the corpora apart: the card gives them by source."""
+    from steth_hub.evaluate import format_value
+
+    report = json.loads(real_evaluation.read_text())
+    within = {"n": 20, "n_pos": 10, "n_groups": 10, "auroc": {"value": 0.55, "low": 0.3, "high": 0.8},
+              "specificity": {"value": 0.4, "low": 0.1, "high": 0.7}}
+    other = {"n": 7, "n_pos": 0, "n_groups": 7, "auroc": {"value": None, "low": None, "high": None},
+             "specificity": {"value": 1.0, "low": 1.0, "high": 1.0}}
+    report["model"]["subgroups"] = {"source=kauh": within, "source=icbhi": other}
+    text = render_card(model_dir, report)
+    section = text.split("### By source (patient level)")[1].split("###")[0]
+    assert f"| source: kauh | 10 (10) | {format_value(within['auroc'])} | {format_value(within['specificity'])} |" \
+        in section
+    assert "| source: icbhi | 7 (0) | n/a | 1.00 [1.00, 1.00] |" in section
+    del report["model"]["subgroups"]
+    assert "### By source" not in render_card(model_dir, report)
+

@@ -263,6 +263,13 @@ def test_tables(run):
     assert "small-mfcc" in table and "mfcc-logreg (baseline)" in table
     patient_auroc = next(line for line in table.splitlines() if line.startswith("patient") and "AUROC" in line)
     assert evaluate.format_value(report["model"]["levels"]["patient"]["auroc"]) in patient_auroc
+    # the subgroups by source: only KAUH has asthma patients, so its within-source AUROC is printed
+    kauh = report["model"]["subgroups"]["source=kauh"]
+    line = next(line for line in table.splitlines() if line.strip().startswith("source: kauh"))
+    assert f"({kauh['n_groups']} patients, {kauh['n_pos']} asthma)" in line
+    assert f"AUROC {evaluate.format_value(kauh['auroc'])}" in line and "baseline AUROC" in line
+    icbhi = next(line for line in table.splitlines() if line.strip().startswith("source: icbhi"))
+    assert "AUROC n/a" in icbhi and "0 asthma" in icbhi  # one class: a specificity, no AUROC
     markdown = evaluate.comparison_table([out / evaluate.REPORT_FILE, out / evaluate.REPORT_FILE])
     lines = markdown.splitlines()
     assert lines[0].startswith("| model | AUROC")

@@ -240,6 +240,8 @@ def test_cli_says_which_model_answered_and_how_good_it_was(examples_dir):
     assert out.exit_code == 0, out.output
     assert f"Model: steth/ast-asthma, threshold {meta['threshold']:.3f}" in out.output
     assert f"patient-level AUROC {auroc}" in out.output and "MFCC baseline" in out.output
+    kauh = format_value(meta["evaluation"]["model"]["subgroups"]["source=kauh"]["auroc"])
+    assert f"within one source: kauh {kauh}" in out.output  # the pooled figure is not the whole story
     assert "low sample rate" not in out.output  # 4 kHz KAUH files hold all the 0-2 kHz this model reads
 
 

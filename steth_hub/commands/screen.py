@@ -56,7 +56,12 @@ def _model_line(model, result) -> str:
     line += f" Cross-validated patient-level AUROC {format_value(auroc)}"
     if baseline:
         line += f" (MFCC baseline {format_value(baseline)})"
-    return line + "; see its model card for data and limits."
+    within = [(name.split("=", 1)[1], entry["auroc"]) for name, entry in
+              ((evaluation.get("model") or {}).get("subgroups") or {}).items()
+              if name.startswith("source=") and ((entry or {}).get("auroc") or {}).get("value") is not None]
+    if within:  # pooled figures flatter a model that tells the corpora apart: say what it does within one
+        line += "; within one source: " + ", ".join(f"{src} {format_value(a)}" for src, a in within)
+    return line + ". See its model card for data and limits."
 
 
 def _table(results) -> None:
