@@ -289,7 +289,7 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "preset_name": preset.get("name") if preset else None,
         "preset_json": json.dumps(preset, indent=2, ensure_ascii=False, default=str) if preset else None,
         "recipe_json": json.dumps(recipe, indent=2, ensure_ascii=False, default=str) if recipe else None,
-        "epochs": (round(float(training["epochs"]), 1) if isinstance(training.get("epochs"), (int, float))
+        "epochs": (f"{round(float(training['epochs']), 1):g}" if isinstance(training.get("epochs"), (int, float))
                    else training.get("epochs")),
         "threshold_method": training.get("threshold_method") or training.get("threshold_from"),
         "experiment": experiment,
@@ -301,7 +301,7 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "not_evaluated": NOT_EVALUATED,
         "license": meta.get("license") or "apache-2.0",
         # model-specific findings (e.g. from its explanation maps), added to the generic limitations
-        "limitations": [str(x) for x in (meta.get("limitations") or []) if str(x).strip()],
+        "limitations": _limitations(meta.get("limitations")),
         "front_end_rate": _front_end_rate(meta),
         "front_end_bins": _front_end(meta).get("num_mel_bins"),
         "description": (training["experiment"].get("description") if isinstance(training.get("experiment"), Mapping)
@@ -325,9 +325,20 @@ def _count_parameters(model_dir) -> int | None:
         return None
     total = 0
     for key, entry in header.items():
-        if key != "__metadata__" and isinstance(entry, Mapping):
-            total += math.prod(int(d) for d in entry.get("shape") or [])
+        if key == "__metadata__" or not isinstance(entry, Mapping) or _is_buffer(key):
+            continue
+        total += math.prod(int(d) for d in entry.get("shape") or [])
     return total or None
+
+
+#: tensors a model stores that are not learnt parameters: batch-norm statistics, feature scalers
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+BUFFER_PREFIXES = ("scaler_",)
+
+
+def _is_buffer(key: str) -> bool:
+    name = key.rsplit(".", 1)[-1]
+    return name.endswith(BUFFER_SUFFIXES) or name.startswith(BUFFER_PREFIXES)
 
 
 def _front_end(meta: Mapping) -> dict:
@@ -335,9 +346,18 @@ def _front_end(meta: Mapping) -> dict:
     return dict(ast.get("front_end")) if isinstance(ast.get("front_end"), Mapping) else {}
 
 
+def _limitations(value: Any) -> list[str]:
+    """``steth.json["limitations"]``: a list of Markdown items (a single string is one item)."""
+    items = [value] if isinstance(value, str) else list(value or []) if isinstance(value, (list, tuple)) else []
+    return [str(x).strip() for x in items if str(x).strip()]
+
+
 def _front_end_rate(meta: Mapping) -> int | None:
-    """The AST front end's own sample rate where steth.json records one (``ast.front_end.sampling_rate``)."""
+    """The AST front end's own sample rate: ``ast.front_end.sampling_rate`` where steth.json records one,
+    else (an AST) the clips' rate, which is what the plugin then runs its front end at."""
     rate = _front_end(meta).get("sampling_rate")
+    if not isinstance(rate, (int, float)) and meta.get("plugin") == "ast":
+        rate = meta.get("sample_rate")
     return int(rate) if isinstance(rate, (int, float)) else None
 
 

@@ -124,6 +124,9 @@ class ScreeningPipeline:
         tops = [float(p["max_hz"]) for n, p in preset.steps if n == "bandlimit" and (p or {}).get("max_hz")]
         if preset.sample_rate:
             tops.append(preset.sample_rate / 2.0)
+        front_end = getattr(model, "front_end_rate", None)  # an AST front end at its own (lower) rate
+        if isinstance(front_end, (int, float)) and front_end > 0:
+            tops.append(front_end / 2.0)
         self.top_hz = min(tops) if tops else None
 
     @property
@@ -145,15 +148,21 @@ class ScreeningPipeline:
         try:
             clips = self.preprocessor.run(recording, recording_id)
         except RecordingRejected as exc:
-            if exc.code != "too-short" or not self.clip_seconds:
-                raise
             need = self.min_seconds
+            if exc.code != "too-short" or not self.clip_seconds or recording.duration >= need - 1e-6:
+                raise  # another rule (a plugin step, say): its own message says why
+            lasts = np.floor(recording.duration * 100) / 100  # never rounded up to what is needed
             raise RecordingRejected(
-                f"recording lasts {recording.duration:.2f} s; this model needs at least {need:g} s (it trims "
+                f"recording lasts {lasts:.2f} s; this model needs at least {need:g} s (it trims "
                 f"{self.trim_seconds:g} s at each end and reads {self.clip_seconds:g} s clips)",
                 path=exc.path or recording_id, code="too-short",
-                fix=f"record at least {int(np.ceil(need))} s, ideally 10 s or more") from exc
+                fix=f"record at least {int(np.ceil(need))} s{self._ideally(need)}") from exc
         return clips, warnings
+
+    @staticmethod
+    def _ideally(need: float) -> str:
+        """", ideally 10 s or more" where 10 s is more than needed (the shared excerpts are 10 s)."""
+        return ", ideally 10 s or more" if need < 10 else ""
 
     def _lenient_warning(self, name: str, exc) -> str:
         """A check that would keep the recording out of a training corpus, said for the person screening."""
@@ -161,8 +170,9 @@ class ScreeningPipeline:
             return (f"{exc.message}: the recording is distorted and the model never saw such recordings, so "
                     "treat the result as unreliable (record again with a lower input gain)")
         if name == "min-duration":
+            advice = max(10.0, self.min_training_seconds)
             return (f"{exc.message}: shorter than any recording the model was trained on "
-                    f"(at least {self.min_training_seconds:g} s); record 10 s or more for a steadier result")
+                    f"(at least {self.min_training_seconds:g} s); record {advice:g} s or more for a steadier result")
         return f"{exc.message} (screened anyway; a training corpus would reject it: {name})"
 
     def decoding_warnings(self, recording) -> list[str]:
@@ -202,7 +212,7 @@ def to_recording(path_or_array, sample_rate):
                 raise
             raise AudioError(exc.message, path=exc.path, code=exc.code,
                              fix="screen a 10-60 s stretch of it (for example: ffmpeg -i INPUT -ss 0 -t 30 part.wav); "
-                                 "the model reads 5 s clips, so hours of audio add nothing") from exc
+                                 "the model reads clips of a few seconds, so hours of audio add nothing") from exc
     raise AudioError(f"cannot screen a {type(path_or_array).__name__}", path=str(path_or_array)[:80],
                      code="corrupt", fix="pass a file path, bytes, or a numpy array with sample_rate")
 

@@ -322,16 +322,36 @@ def test_card_shows_the_metrics_within_each_source(model_dir, real_evaluation):
     from steth_hub.evaluate import format_value
 
     report = json.loads(real_evaluation.read_text())
-    within = {"n": 20, "n_pos": 10, "n_groups": 10, "auroc": {"value": 0.55, "low": 0.3, "high": 0.8},
+    within = {"n": 20, "n_pos": 4, "n_groups": 10, "auroc": {"value": 0.55, "low": 0.3, "high": 0.8},
               "specificity": {"value": 0.4, "low": 0.1, "high": 0.7}}
     other = {"n": 7, "n_pos": 0, "n_groups": 7, "auroc": {"value": None, "low": None, "high": None},
              "specificity": {"value": 1.0, "low": 1.0, "high": 1.0}}
     report["model"]["subgroups"] = {"source=kauh": within, "source=icbhi": other}
     text = render_card(model_dir, report)
     section = text.split("### By source (patient level)")[1].split("###")[0]
-    assert f"| source: kauh | 10 (10) | {format_value(within['auroc'])} | {format_value(within['specificity'])} |" \
+    assert f"| source: kauh | 10 (4) | {format_value(within['auroc'])} | {format_value(within['specificity'])} |" \
         in section
     assert "| source: icbhi | 7 (0) | n/a | 1.00 [1.00, 1.00] |" in section
     del report["model"]["subgroups"]
     assert "### By source" not in render_card(model_dir, report)
+
+
+def test_card_edge_cases_from_hand_written_steth_json(model_dir):
+    """A single limitation string, whole epochs, buffers in the weights, an AST with no explicit front end."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    meta = json.loads((model_dir / "steth.json").read_text())
+    meta.update(limitations="Relies on the device.", plugin="ast", sample_rate=8000)
+    meta["training"]["epochs"] = 60.0
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    save_file({"coef": np.zeros((1, 80), np.float32), "intercept": np.zeros(1, np.float32),
+               "scaler_mean": np.zeros(80, np.float32), "scaler_scale": np.ones(80, np.float32),
+               "bn.running_mean": np.zeros(4, np.float32), "bn.running_var": np.ones(4, np.float32),
+               "bn.num_batches_tracked": np.zeros((), np.int64)}, str(model_dir / "model.safetensors"))
+    text = render_card(model_dir)
+    assert "- Relies on the device." in text and "\n- R\n" not in text
+    assert "60 epochs on the labels" in text and "60.0 epochs" not in text
+    assert "| parameters | 81 |" in text  # coef + intercept; scalers and batch-norm statistics are not learnt
+    assert "front end works at 8000 Hz" in text  # the clips' rate, where the AST runs its front end
 

@@ -278,8 +278,6 @@ def test_steth_demo_help_lists_its_options():
 
 def test_quality_warnings_are_shown_and_kept_in_the_json(screener):
     """The clipped ICBHI example is screened, with its clipping warning in the page and the JSON."""
-    import soundfile as sf
-
     from test_demo_support import EXAMPLES
 
     summary, warnings, _, _, record = screener(str(EXAMPLES / "icbhi" / "112_1b1_Ar_sc_Meditron_middle10sec.wav"),

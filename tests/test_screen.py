@@ -196,7 +196,8 @@ def test_cli_table_json_and_exit_status(tiny_model, example_wavs, tmp_path):
     assert "P(ASTHMA)" in ok.output and "1 screened, 1 failed" in ok.output and "not a diagnosis" in ok.output
     assert "corrupt.wav" in ok.output and "fix:" in ok.output
     assert "SCREEN" in ok.output and ("positive (>= " in ok.output or "negative (< " in ok.output)
-    assert f"Model: {folder}" in ok.output or "Model: " in ok.output
+    expected_name = screen(example_wavs[0], model=folder).model
+    assert f"Model: {expected_name}, threshold " in ok.output
     assert "carries no evaluation: its accuracy is unknown" in ok.output  # the tiny model was never evaluated
 
     as_json = runner.invoke(main, ["screen", str(example_wavs[0]), "--model", str(folder), "--json"])
@@ -260,3 +261,45 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_footer_never_quotes_a_smoke_run_or_a_broken_report():
+    from steth_hub.commands.screen import _evaluation_sentence
+
+    auroc = {"value": 0.74, "low": 0.63, "high": 0.84}
+    good = {"model": {"levels": {"patient": {"auroc": auroc}},
+                      "subgroups": {"source=kauh": {"auroc": {"value": 0.6, "low": 0.46, "high": 0.74}},
+                                    "source=icbhi": {"auroc": {"value": None}}, "source=odd": {"auroc": "?"}}},
+            "baseline": {"levels": {"patient": None}}}
+    text = _evaluation_sentence(good)
+    assert text.startswith("Cross-validated patient-level AUROC 0.74 [0.63, 0.84]; within one source: kauh 0.60")
+    assert "MFCC baseline" not in text and "icbhi" not in text and "odd" not in text
+    assert "accuracy is unknown" in _evaluation_sentence(dict(good, quick=True))
+    assert "quick smoke run" in _evaluation_sentence(dict(good, quick=True))
+    for broken in (None, {}, {"model": None}, {"model": {"levels": {"patient": {"auroc": {"value": None}}}}}):
+        assert _evaluation_sentence(broken) == "This model carries no evaluation: its accuracy is unknown."
+
+
+def test_short_recording_messages_fit_the_model(tiny_model, example_wavs, tmp_path):
+    """Never 'lasts 6.00 s; needs 6 s' (rounded up), and no 'ideally 10 s' where a model needs more."""
+    import copy
+
+    model, _ = tiny_model
+    x, rate = _real(example_wavs)
+    almost = _write(tmp_path / "almost.wav", x[: int(5.996 * rate)], rate)
+    with pytest.raises(RecordingRejected) as info:
+        screen(almost, model=model)
+    assert "lasts 5.99 s; this model needs at least 6 s" in info.value.message
+
+    long_clips = copy.copy(model)
+    long_clips.preset = copy.deepcopy(model.preset)
+    for step in long_clips.preset["steps"]:
+        if "trim" in step:
+            step["trim"]["seconds"] = 2.0
+        if "cut" in step:
+            step["cut"]["seconds"] = 8.0
+    long_clips.preset.pop("clip_seconds", None)  # derived from the steps
+    with pytest.raises(RecordingRejected) as info:
+        screen(example_wavs[0], model=long_clips)  # a 10 s excerpt: 2 + 8 + 2 s are needed
+    assert "needs at least 12 s" in info.value.message and info.value.fix == "record at least 12 s"
+

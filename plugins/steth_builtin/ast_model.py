@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -315,31 +316,30 @@ class ASTClassifier(TorchClassifier):
                    pretrained=own.get("pretrained"), sample_rate=int(metadata.get("sample_rate", 16000)))
 
 
+#: one hook swap at a time: two overlapping loads must not leave the silencing hook installed
+_BAR_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _no_weight_loading_bar():
     """Hide transformers' "Loading weights" progress bar for one load.
 
-    The user's own progress-bar setting is left as it was: transformers' tqdm hook is
-    set for the call and the previous hook put back (download bars, which are
-    huggingface_hub's, are untouched). Transformers without the hook (4.x) has the bar
-    turned off for the call and back on only if it was on.
+    The user's own progress-bar setting is left as it was: transformers' tqdm hook is set for
+    the call and the previous hook put back (download bars, which are huggingface_hub's, are
+    untouched); a lock keeps overlapping loads from interleaving the swap. Transformers without
+    the hook (4.x) is left alone: there, switching its bar off also switches huggingface_hub's.
     """
     from transformers.utils import logging as tf_logging
 
-    if hasattr(tf_logging, "set_tqdm_hook"):
+    if not hasattr(tf_logging, "set_tqdm_hook"):
+        yield
+        return
+    with _BAR_LOCK:
         previous = tf_logging.set_tqdm_hook(lambda factory, args, kwargs: tf_logging.EmptyTqdm(*args, **kwargs))
         try:
             yield
         finally:
             tf_logging.set_tqdm_hook(previous)
-        return
-    was_enabled = tf_logging.is_progress_bar_enabled()
-    tf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            tf_logging.enable_progress_bar()
 
 
 def _torchaudio_front_end() -> bool:

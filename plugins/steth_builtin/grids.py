@@ -7,8 +7,8 @@ assumed):
 
 * ``ast``: transformers' ``ASTFeatureExtractor`` (Kaldi-style filter banks): ``num_mel_bins``
   triangles evenly spaced on the Kaldi mel scale from 20 Hz to half the front end's sample rate
-  (``front_end_rate``: 16 kHz unless the checkpoint sets another, e.g. 4 kHz for the embedded
-  model); frames of 400 samples every 160 (25 ms every 10 ms at 16 kHz, 100 ms every 40 ms at
+  (``front_end_rate``: the checkpoint's ``front_end.sampling_rate``, e.g. 4 kHz for the embedded
+  model, else the clips' rate); frames of 400 samples every 160 (25 ms every 10 ms at 16 kHz, 100 ms every 40 ms at
   4 kHz), not centred, so frame ``i`` is centred at ``(160 i + 200) / rate``; input
   ``[max_length frames, bins]``;
 * ``densenet201``: :class:`steth_hub.features.MultiWindowLogMel`: ``n_mels`` Slaney mel bands from

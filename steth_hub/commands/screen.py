@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 
 import click
 
@@ -42,26 +43,45 @@ def screen(files, model, as_json, quiet):
 
 def _model_line(model, result) -> str:
     """Which model answered, what "positive" means, and how good it was in cross-validation."""
-    from steth_hub.evaluate import format_value
     from steth_hub.screening import load_model
 
     line = (f"Model: {result.model}, threshold {result.threshold:.3f}. Positive: the recording sounds like the "
             "asthma recordings the model learned from (refer for assessment).")
-    try:
-        evaluation = (load_model(model).metadata or {}).get("evaluation") or {}
-        auroc = evaluation["model"]["levels"]["patient"]["auroc"]
-        baseline = ((evaluation.get("baseline") or {}).get("levels") or {}).get("patient", {}).get("auroc")
-    except (KeyError, TypeError, AttributeError):
-        return line + " This model carries no evaluation: its accuracy is unknown."
-    line += f" Cross-validated patient-level AUROC {format_value(auroc)}"
-    if baseline:
-        line += f" (MFCC baseline {format_value(baseline)})"
+    evaluation = (getattr(load_model(model), "metadata", None) or {}).get("evaluation")
+    return line + " " + _evaluation_sentence(evaluation)
+
+
+def _measured(entry) -> bool:
+    return isinstance(entry, Mapping) and isinstance(entry.get("value"), (int, float))
+
+
+def _patient_auroc(block) -> Mapping | None:
+    """``block["levels"]["patient"]["auroc"]`` when it holds a measured value, else None."""
+    levels = block.get("levels") if isinstance(block, Mapping) else None
+    patient = levels.get("patient") if isinstance(levels, Mapping) else None
+    auroc = patient.get("auroc") if isinstance(patient, Mapping) else None
+    return auroc if _measured(auroc) else None
+
+
+def _evaluation_sentence(evaluation) -> str:
+    """What the model's stored evaluation says, or that there is none (a quick smoke run counts as none)."""
+    from steth_hub.evaluate import format_value
+
+    if not isinstance(evaluation, Mapping) or _patient_auroc(evaluation.get("model")) is None:
+        return "This model carries no evaluation: its accuracy is unknown."
+    if evaluation.get("quick"):
+        return "It was evaluated only by a quick smoke run: its accuracy is unknown."
+    text = f"Cross-validated patient-level AUROC {format_value(_patient_auroc(evaluation['model']))}"
+    baseline = _patient_auroc(evaluation.get("baseline"))
+    if baseline is not None:
+        text += f" (MFCC baseline {format_value(baseline)})"
+    groups = evaluation["model"].get("subgroups")
     within = [(name.split("=", 1)[1], entry["auroc"]) for name, entry in
-              ((evaluation.get("model") or {}).get("subgroups") or {}).items()
-              if name.startswith("source=") and ((entry or {}).get("auroc") or {}).get("value") is not None]
+              (groups.items() if isinstance(groups, Mapping) else [])
+              if str(name).startswith("source=") and isinstance(entry, Mapping) and _measured(entry.get("auroc"))]
     if within:  # pooled figures flatter a model that tells the corpora apart: say what it does within one
-        line += "; within one source: " + ", ".join(f"{src} {format_value(a)}" for src, a in within)
-    return line + ". See its model card for data and limits."
+        text += "; within one source: " + ", ".join(f"{src} {format_value(a)}" for src, a in within)
+    return text + ". See its model card for data and limits."
 
 
 def _table(results) -> None:
