@@ -581,6 +581,24 @@ def subgroup_rows(report: Mapping) -> list[dict]:
     return rows
 
 
+def source_warnings(report: Mapping) -> list[str]:
+    """A warning for every source whose patients all have one label (as ICBHI's have no asthma in the
+    shared data): pooled over sources, a model can score by recognising the source instead of the disease."""
+    out = []
+    groups = (report.get("model") or {}).get("subgroups") or {}
+    for name, entry in groups.items():
+        if not str(name).startswith("source=") or not isinstance(entry, Mapping):
+            continue
+        n, pos = entry.get("n_groups", entry.get("n")), entry.get("n_pos")
+        if not isinstance(n, int) or not isinstance(pos, int) or len(groups) < 2:
+            continue
+        if pos in (0, n):
+            label = "asthma" if pos else "not asthma"
+            out.append(f"every patient of source {name.split('=', 1)[1]} ({n}) is {label}: the pooled figures also "
+                       "reward telling the sources apart; read the within-source rows")
+    return out
+
+
 def format_table(report: Mapping) -> str:
     """The console table: rows level x metric; columns model, baseline and the gap between them."""
     model, base = report["model"], report.get("baseline")
@@ -619,6 +637,7 @@ def format_table(report: Mapping) -> str:
             if g["baseline_auroc"] is not None:
                 text += f" | baseline AUROC {g['baseline_auroc']}, specificity {g['baseline_specificity']}"
             lines.append(text)
+    lines += [f"warning: {w}" for w in source_warnings(report)]
     lines.append(f"recommended threshold (pooled out-of-fold recordings): {report.get('recommended_threshold'):.3f}")
     return "\n".join(lines)
 

@@ -270,6 +270,9 @@ def test_tables(run):
     assert f"AUROC {evaluate.format_value(kauh['auroc'])}" in line and "baseline AUROC" in line
     icbhi = next(line for line in table.splitlines() if line.strip().startswith("source: icbhi"))
     assert "AUROC n/a" in icbhi and "0 asthma" in icbhi  # one class: a specificity, no AUROC
+    n_icbhi = report["model"]["subgroups"]["source=icbhi"]["n_groups"]
+    assert f"warning: every patient of source icbhi ({n_icbhi}) is not asthma" in table
+    assert not any("source kauh" in w for w in evaluate.source_warnings(report))  # both classes there
     markdown = evaluate.comparison_table([out / evaluate.REPORT_FILE, out / evaluate.REPORT_FILE])
     lines = markdown.splitlines()
     assert lines[0].startswith("| model | AUROC")
