@@ -274,6 +274,40 @@ def _progress(progress: bool | Progress) -> Progress:
     return lambda msg: None
 
 
+def patient_sources(clips, recording_info: Mapping[str, Mapping] | None = None) -> dict[str, str]:
+    """patient id -> its source (``kauh``, ``icbhi``...): the corpus's ``source`` column where given,
+    else the patient id's prefix (``kauh:EP38``)."""
+    out: dict[str, str] = {}
+    info = recording_info or {}
+    for rid, pid in zip(clips.recording_ids.astype(str), clips.patient_ids.astype(str)):
+        if pid not in out:
+            out[pid] = str((info.get(rid) or {}).get("source") or pid.split(":", 1)[0])
+    return out
+
+
+def training_sources(evaluation: Mapping, sources: Mapping[str, str], *, where: str = "the experiment") -> set | None:
+    """``evaluation.train_sources``, checked against the sources present; None when not set.
+
+    Models are then trained (and their thresholds chosen) on those sources' patients only and
+    scored on every held-out patient: a source without asthma patients then cannot teach a
+    model to recognise the source instead of the disease.
+    """
+    wanted = evaluation.get("train_sources")
+    if wanted in (None, [], ()):
+        return None
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    if not isinstance(wanted, (list, tuple)) or not all(isinstance(w, str) for w in wanted):
+        raise ConfigError(f"evaluation.train_sources must be a list of source names, got {wanted!r}", path=where,
+                          fix="for example: train_sources: [kauh]")
+    present = sorted(set(sources.values()))
+    unknown = sorted(set(wanted) - set(present))
+    if unknown:
+        raise ConfigError(f"evaluation.train_sources names {unknown}, not in this corpus", path=where,
+                          fix=f"use some of: {', '.join(present)}")
+    return set(wanted)
+
+
 def cross_validate_clips(clips, experiment, *, folds: Mapping[str, int] | None = None, n_folds: int | None = None,
                          out_dir: str | os.PathLike, baseline: bool = True, n_bootstrap: int = 2000, seed: int = 0,
                          alpha: float = 0.05, progress: bool | Progress = True, quick: bool = False,
@@ -329,9 +363,13 @@ def cross_validate_clips(clips, experiment, *, folds: Mapping[str, int] | None =
     fold_records: list[dict] = []
     thresholds: dict[str, dict[int, float]] = {c.name: {} for c in contenders}
     histories: dict[str, dict[int, dict]] = {c.name: {} for c in contenders}
+    sources_of = patient_sources(clips, recording_info)
+    train_sources = training_sources(evaluation, sources_of, where=experiment.source or experiment.name)
     for i, k in enumerate(fold_ids):
         test_p = sorted(p for p, f in folds.items() if f == k)
         rest = sorted(p for p, f in folds.items() if f != k)
+        if train_sources is not None:  # trained on these sources only; every held-out patient is still scored
+            rest = [p for p in rest if sources_of[p] in train_sources]
         train_p, valid_p = validation_split(rest, labels_of, fraction, seed + int(k))
         train, valid = clips.for_patients(train_p), clips.for_patients(valid_p)
         scored = clip_folds == k
@@ -391,6 +429,7 @@ def cross_validate_clips(clips, experiment, *, folds: Mapping[str, int] | None =
             "folds_fingerprint": folds_fingerprint(folds),
             "seed": int(seed),
             "validation_fraction": fraction,
+            "train_sources": sorted(train_sources) if train_sources is not None else "all",
             "threshold": "max Youden's J on the validation patients' recording-level probabilities, per fold",
             "aggregation": "recording = mean of its clips; patient = mean of its recordings",
             "bootstrap": {"n": int(n_bootstrap), "alpha": float(alpha), "unit": "patient",

@@ -737,14 +737,23 @@ def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool =
         corpus = load_corpus(corpus)
     preset = load_preset(experiment.preset)
     clips, skipped, _ = cached_clips(corpus, preset, progress=progress)
+    if (experiment.evaluation or {}).get("train_sources"):  # the same restriction as its cross-validation
+        from steth_hub.evaluate import _recording_info, patient_sources, training_sources
+
+        sources_of = patient_sources(clips, _recording_info(corpus))
+        allowed = training_sources(experiment.evaluation, sources_of, where=experiment.source or experiment.name)
+        kept = sorted(p for p, src in sources_of.items() if src in allowed)
+        if progress:
+            log.info("training on the %d patients of %s only (evaluation.train_sources)", len(kept), sorted(allowed))
+        clips = clips.for_patients(kept)
     corpus_facts = {"path": os.fspath(getattr(corpus, "path", "") or ""),
                     "info": dict(getattr(corpus, "info", None) or {}), "skipped_recordings": len(skipped)}
     dataset = getattr(corpus, "dataset", None)
     if dataset is not None:  # who the model learnt from (sex, age bands, sources...), for the model card
         from steth_hub.card import summarise_training_data
 
-        dropped = {str(s.get("recording_id")) for s in skipped if s.get("recording_id") is not None}
-        used = [i for i, rid in enumerate(dataset["recording_id"]) if str(rid) not in dropped]
+        trained_on = set(np.asarray(clips.recording_ids).astype(str).tolist())  # not skipped, not filtered out
+        used = [i for i, rid in enumerate(dataset["recording_id"]) if str(rid) in trained_on]
         corpus_facts["data"] = summarise_training_data(dataset.select(used))
     return train_on_clips(experiment, clips, out, preset=preset, corpus=corpus_facts, progress=progress, **kwargs)
 

@@ -387,3 +387,40 @@ def test_cli_help_says_what_quick_and_epochs_cut():
     assert "one epoch (pretraining too)" in " ".join(result.output.split())
     result = CliRunner().invoke(main, ["train", "--help"])
     assert "pretrain.epochs is left unchanged" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_train_sources_restricts_training_not_scoring(corpus, tmp_path):
+    """evaluation.train_sources: [kauh]: every fit and every threshold sees KAUH patients only, every
+    held-out patient (ICBHI too) is still scored; the final model of `steth train` learns from KAUH only."""
+    from steth_hub.train import train_experiment
+
+    seen = []
+    real_fit = MFCCLogReg.fit
+
+    def fit(self, train, valid=None, recipe=None, out_dir=None):
+        seen.append(set(train.patient_ids.astype(str)) | set(valid.patient_ids.astype(str)))
+        return real_fit(self, train, valid, recipe, out_dir)
+
+    experiment = {"name": "kauh-trained", "classifier": "mfcc-logreg", "preset": PRESET_4K,
+                  "evaluation": {"validation_fraction": 0.2, "train_sources": ["kauh"]}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MFCCLogReg, "fit", fit)
+        report = evaluate.cross_validate(corpus, experiment, out_dir=tmp_path / "cv", n_bootstrap=50, seed=0,
+                                         progress=False, baseline=False)
+    assert len(seen) == 5 and all(p.startswith("kauh:") for fold in seen for p in fold)
+    assert report["protocol"]["train_sources"] == ["kauh"]
+    scored = {p for f in report["folds"] for p in f["patients"]["test"]}
+    assert any(p.startswith("icbhi:") for p in scored)  # still scored
+    assert report["model"]["subgroups"]["source=icbhi"]["specificity"]["value"] is not None
+
+    model, _ = train_experiment(experiment, corpus, tmp_path / "model", progress=False)
+    data = json.loads((tmp_path / "model" / "steth.json").read_text())["training"]["corpus"]["data"]
+    assert set(data["sources"]) == {"kauh"} and data["n_patients"] == report["model"]["subgroups"][
+        "source=kauh"]["n_groups"]
+
+    bad = dict(experiment, evaluation={"train_sources": ["kauh", "mimic"]})
+    with pytest.raises(ConfigError, match="mimic") as info:
+        evaluate.cross_validate(corpus, bad, out_dir=tmp_path / "bad", n_bootstrap=50, progress=False)
+    assert "icbhi" in info.value.fix and "kauh" in info.value.fix
