@@ -48,6 +48,18 @@ def example_wavs() -> list[Path]:
     return sorted(EXAMPLES.glob("*/*.wav"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train and run several times faster on one torch thread than on two shared, busy
+    cores (bench/README.md). Modules with tiny models use it: ``pytestmark = usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch) -> Path:
     """An empty Hugging Face cache folder for this test (offline)."""

@@ -17,20 +17,11 @@ from steth_hub.classifier import load_classifier
 from steth_hub.clips import ClipSet
 from steth_hub.errors import ConfigError, ModelError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest.py)
+
 FAST = {"warmup_steps": 0, "gradient_accumulation_steps": 1, "per_device_train_batch_size": 8,
         "logging_steps": 1, "save_steps": 1000, "disable_tqdm": True, "weight_decay": 0.0}
 TINY_DENSENET = {"architecture": "densenet121", "model_kwargs": {"growth_rate": 8, "block_config": [2, 2]}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tiny models train several times faster on one thread than on two shared, busy cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _label(path) -> int:

@@ -19,21 +19,14 @@ from steth_hub.audio import decode
 from steth_hub.errors import ConfigError, PluginError, UnknownPluginError
 from steth_hub.explanation import ClipMaps, display_spectrogram, interp_matrix, mel_centres, place_maps
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest.py)
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "steth_hub" / "examples"
 ASTHMA = EXAMPLES / "kauh" / "EP38_Asthma,E W,P R M,38,M_middle10sec.wav"
 DENSENET = {"architecture": "densenet121", "model_kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1]}}
 
 
 # --------------------------------------------------------------------------- tiny models
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run as fast on one thread; on a busy machine two threads can be 30x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _normalised_on_example(model):

@@ -33,18 +33,8 @@ import pytest
 
 from steth_hub.audio import Recording, decode
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run as fast on one thread; on a busy machine two threads can be 30x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 #: the tone: inside the 2 kHz band every recording holds, at the centre of a row of the tiny AST's
 #: 16-mel-bin patches (bins 32-47, 662-1120 Hz). A tone on a patch boundary (1 kHz is at bin 44)

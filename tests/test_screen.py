@@ -17,19 +17,10 @@ from click.testing import CliRunner
 from steth_hub.errors import AudioError, RecordingRejected
 from steth_hub.screening import DISCLAIMER, ScreeningResult, screen, screen_many
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest.py)
+
 EXPECTED = Path(__file__).parent / "data" / "ast_asthma_expected.json"
 EMBEDDED = Path(__file__).resolve().parents[1] / "steth_hub" / "models" / "ast-asthma"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tiny models train several times faster on one thread than on two shared, busy cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

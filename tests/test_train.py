@@ -12,19 +12,10 @@ from steth_hub.clips import ClipSet
 from steth_hub.errors import ConfigError
 from steth_hub.train import augment_batch, check_recipe, class_weights, training_arguments
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest.py)
+
 FAST = {"warmup_steps": 0, "gradient_accumulation_steps": 1, "per_device_train_batch_size": 4,
         "logging_steps": 1, "disable_tqdm": True, "learning_rate": 1e-3}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tiny models train several times faster on one thread than on two shared, busy cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
