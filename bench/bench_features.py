@@ -24,24 +24,19 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
+from recordings import recording_files  # bench/recordings.py (scripts run from bench/)
 
 def load_clips(limit: int) -> tuple[np.ndarray, str]:
     """Up to ``limit`` real 5 s clips at 16 kHz (default preset), and where they came from."""
     from steth_hub.errors import AudioError, RecordingRejected
     from steth_hub.preprocess import Preprocessor
 
-    shared = Path(os.environ.get("STETH_HUB_SHARED_DATA") or REPO.parent / "shared" / "data" / "lung-sounds")
-    files = sorted(shared.glob("*/*.wav"))
-    source = f"shared recordings ({shared})"
-    if not files:
-        files = sorted((REPO / "steth_hub" / "examples").glob("*/*.wav"))
-        source = "NOTE: shared recordings not found; using the shipped examples (fewer distinct clips)"
+    files, source = recording_files("*/*.wav")
+    if source.startswith("NOTE"):
+        source += " (fewer distinct clips)"
     pre = Preprocessor()
     clips: list[np.ndarray] = []
     rng = np.random.default_rng(0)

@@ -19,16 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
+from recordings import recording_files  # bench/recordings.py (scripts run from bench/)
 
 def recordings(limit: int) -> tuple[list[Path], str]:
-    shared = Path(os.environ.get("STETH_HUB_SHARED_DATA") or REPO.parent / "shared" / "data" / "lung-sounds")
-    files = sorted(shared.glob("*/*.wav"))
-    source = f"shared recordings ({shared})"
-    if not files:
-        files = sorted((REPO / "steth_hub" / "examples").glob("*/*.wav"))
-        source = "NOTE: shared recordings not found; using the shipped examples"
+    files, source = recording_files("*/*.wav")
     import numpy as np
 
     picked = list(np.random.default_rng(0).permutation(files))[:limit]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recordings import recording_files  # bench/recordings.py (scripts run from bench/)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,12 +32,7 @@ def real_clips(limit: int, preset):
     from steth_hub.errors import AudioError, RecordingRejected
     from steth_hub.preprocess import Preprocessor
 
-    shared = Path(os.environ.get("STETH_HUB_SHARED_DATA") or REPO.parent / "shared" / "data" / "lung-sounds")
-    files = sorted(shared.glob("kauh/*.wav"))
-    source = f"shared recordings ({shared})"
-    if not files:
-        files = sorted((REPO / "steth_hub" / "examples").glob("*/*.wav"))
-        source = "NOTE: shared recordings not found; using the shipped examples"
+    files, source = recording_files("kauh/*.wav")
     pre = Preprocessor(preset)
     sets = []
     for path in np.random.default_rng(0).permutation(files):
