@@ -10,19 +10,37 @@ import click
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.argument("files", nargs=-1, required=False, type=click.Path(dir_okay=True))
 @click.option("--model", "model", default=None,
               help="Model folder or Hub name (default: the embedded steth/ast-asthma).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (results, failures, disclaimer).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def screen(files, model, as_json, quiet):
+@click.option("--strict", is_flag=True,
+              help="Exit with status 1 when any file failed (default: only when none could be screened).")
+@click.option("--patient", "patient", default=None, metavar="ID",
+              help="FILES are one patient's recordings: give one patient-level result (the model's own "
+                   "aggregation rule). With --manifest: screen only this patient.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="CSV or JSON of patients and recordings (patient_id, path, site, sex, age): one result "
+                   "per patient.")
+@click.option("--sex", default=None, help="With --patient: the patient's sex (F/M; shown, never a model input).")
+@click.option("--age", default=None, help="With --patient: the patient's age in years (shown, never a model input).")
+def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age):
     """Screen FILES: P(asthma), the decision at the model's threshold, clips used and warnings.
 
     A file that fails is listed with the reason and the fix; the others are still screened.
-    The exit status is 1 only when no file could be screened.
+    The exit status is 1 when no file could be screened, and with --strict when any file failed.
+
+    With --patient ID (or --manifest) the recordings of a patient give one patient-level result:
+    the mean of the recordings' P(asthma), as the model's evaluation scored patients.
     """
     from steth_hub.screening import DISCLAIMER, screen_many
 
+    if patient is not None or manifest is not None:
+        _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age)
+        return
+    if not files:
+        raise click.UsageError("give at least one FILE (or --manifest)")
     results, failures = screen_many(files, model=model, progress=not quiet and not as_json)
     if as_json:
         click.echo(json.dumps({"results": [r.to_dict() for r in results], "failures": failures,
@@ -37,17 +55,87 @@ def screen(files, model, as_json, quiet):
         if results:
             click.echo(_model_line(model, results[0]))
         click.echo(DISCLAIMER)
-    if not results:
+    if not results or (strict and failures):
         sys.exit(1)
+
+
+def patients_from_options(files, patient, manifest, sex, age) -> list:
+    """The patients to screen: ``--patient ID FILE...`` or a manifest (optionally one patient of it)."""
+    from steth_hub.patient import PatientEntry, PatientFacts, RecordingInput, normalise_age, normalise_sex, \
+        read_manifest
+
+    if manifest is not None:
+        if files:
+            raise click.UsageError("give recordings either as FILES with --patient or in --manifest, not both")
+        entries = read_manifest(manifest)
+        if patient is not None:
+            entries = [e for e in entries if e.facts.patient_id == patient]
+            if not entries:
+                raise click.UsageError(f"patient {patient!r} is not in {manifest}")
+        return entries
+    if not files:
+        raise click.UsageError("--patient needs the patient's recording FILES")
+    facts = PatientFacts(str(patient), normalise_sex(sex, where="--sex"), normalise_age(age, where="--age"))
+    return [PatientEntry(facts, [RecordingInput(str(f)) for f in files])]
+
+
+def _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age) -> None:
+    from steth_hub.patient import screen_patient
+    from steth_hub.screening import DISCLAIMER, load_model
+
+    entries = patients_from_options(files, patient, manifest, sex, age)
+    classifier = load_model(model)
+    results = [screen_patient(e.recordings, classifier, patient=e.facts, progress=not quiet and not as_json)
+               for e in entries]
+    if as_json:
+        click.echo(json.dumps({"patients": [r.to_dict() for r in results], "disclaimer": DISCLAIMER}, indent=2))
+    else:
+        for result in results:
+            _patient_block(result)
+        click.echo(_model_line(classifier, next((r for r in results if r.screened), None)))
+        click.echo(DISCLAIMER)
+    if not any(r.screened for r in results) or (strict and any(r.rejected for r in results)):
+        sys.exit(1)
+
+
+def _patient_block(result) -> None:
+    """One patient: the recordings (R1..., site, filter, never the file name), the rejected ones, the result."""
+    facts = result.patient
+    about = ", ".join(x for x in ({"F": "female", "M": "male"}.get(facts.sex or "", ""),
+                                  f"{facts.age:g} years" if facts.age is not None else "") if x)
+    click.echo(f"Patient {facts.patient_id}" + (f" ({about}; not model inputs)" if about else ""))
+    rows = [(r.id, r.site or "-", r.filter or "-", f"{r.probability:.3f}",
+             "positive" if r.decision else "negative", str(r.n_clips), "yes" if r.drives else "-",
+             "; ".join(r.warnings) or "-") for r in result.recordings]
+    headers = ("REC", "SITE", "FILTER", "P(ASTHMA)", "SCREEN", "CLIPS", "DRIVES", "WARNINGS")
+    if rows:
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers[:-1])]
+        click.echo("  " + "  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths)) + "  " + headers[-1])
+        for row in rows:
+            click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1])
+    for r in result.rejected:
+        click.secho(f"  rejected {r.id}" + (f" ({r.site})" if r.site else "") + f": {r.message}"
+                    + (f" (fix: {r.fix})" if r.fix else ""), fg="red")
+    if result.screened:
+        click.echo(f"  PATIENT: P(asthma) = {result.probability:.3f} -> "
+                   f"{'positive' if result.decision else 'negative'} (threshold {result.threshold:.3f}; "
+                   f"mean of {len(result.recordings)} recording(s); driven by {', '.join(result.drivers)})")
+    else:
+        click.secho(f"  PATIENT: no result: none of {len(result.rejected)} recording(s) could be screened", fg="red")
+    click.echo(f"  {len(result.recordings)} screened, {len(result.rejected)} rejected. "
+               "Recordings are named R1, R2... in the order given (file names can carry annotations).\n")
 
 
 def _model_line(model, result) -> str:
     """Which model answered, what "positive" means, and how good it was in cross-validation."""
-    from steth_hub.screening import load_model
+    from steth_hub.screening import load_model, model_name
 
-    line = (f"Model: {result.model}, threshold {result.threshold:.3f}. Positive: the recording sounds like the "
+    classifier = load_model(model)
+    name = result.model if result is not None else model_name(classifier)
+    threshold = result.threshold if result is not None else float(classifier.threshold)
+    line = (f"Model: {name}, threshold {threshold:.3f}. Positive: the recording sounds like the "
             "asthma recordings the model learned from (refer for assessment).")
-    evaluation = (getattr(load_model(model), "metadata", None) or {}).get("evaluation")
+    evaluation = (getattr(classifier, "metadata", None) or {}).get("evaluation")
     return line + " " + _evaluation_sentence(evaluation)
 
 
