@@ -78,6 +78,7 @@ EXTRA_KEYS = {
     "stop_at_epoch",            # stop here while the schedule still spans num_train_epochs (a CV fold's best epoch)
     "pretrain",                 # {epochs, learning_rate, weight_decay}: self-supervised warm start (see pretrain_statistics)
     "freeze_encoder",           # true: the Trainer trains the classification head only (after pretrain)
+    "encoder_lr_scale",         # the encoder's learning rate = this x learning_rate (needs encoder_parameters)
 }
 
 PRETRAIN_KEYS = {"epochs", "learning_rate", "weight_decay", "batch_size"}
@@ -400,13 +401,33 @@ def _torch_parts():
 
         loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-        def __init__(self, *args, class_weights=None, augment=None, axes=None, smoothing=0.0, **kwargs):
+        def __init__(self, *args, class_weights=None, augment=None, axes=None, smoothing=0.0,
+                     encoder_lr_scale=None, **kwargs):
             super().__init__(*args, **kwargs)
+            self._encoder_lr_scale = None if encoder_lr_scale is None else float(encoder_lr_scale)
             # our loss replaces Trainer's, so the recipe's label_smoothing_factor is applied here (soft targets)
             self._smoothing = float(smoothing or 0.0)
             self._weights = torch.as_tensor(class_weights, dtype=torch.float32)
             self._augment = augment or {}
             self._axes = axes
+
+        def create_optimizer(self, *args, **kwargs):
+            """AdamW with the encoder at ``encoder_lr_scale`` x the learning rate (a pretrained encoder
+            moves slowly while the head learns); the usual optimiser otherwise."""
+            scale = self._encoder_lr_scale
+            if scale is None or self.optimizer is not None:
+                return super().create_optimizer(*args, **kwargs)
+            net = self.model.net
+            encoder = {id(p) for p in self.model._classifier[0].encoder_parameters(net)}
+            lr, decay = self.args.learning_rate, self.args.weight_decay
+            groups = [{"params": [p for p in net.parameters() if p.requires_grad and id(p) in encoder],
+                       "lr": lr * scale, "weight_decay": decay},
+                      {"params": [p for p in net.parameters() if p.requires_grad and id(p) not in encoder],
+                       "lr": lr, "weight_decay": decay}]
+            self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
+                                               betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                               eps=self.args.adam_epsilon)
+            return self.optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             x, y = inputs["features"], inputs["labels"]
@@ -557,6 +578,9 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
                                          batch_size=int(recipe["per_device_train_batch_size"]))
         set_seed(seed)
     net = classifier.torch_module()
+    if recipe.get("encoder_lr_scale") is not None and not hasattr(classifier, "encoder_parameters"):
+        raise ConfigError(f"encoder_lr_scale: classifier {classifier.plugin_name!r} does not say which parameters "
+                          "are its encoder", fix="drop encoder_lr_scale, or implement encoder_parameters(net)")
     if recipe.get("freeze_encoder"):
         head = {id(p) for p in classifier.head_parameters(net)}
         for parameter in net.parameters():
@@ -574,6 +598,7 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         compute_metrics=_compute_metrics if valid_x is not None else None, callbacks=cbs,
         class_weights=weights, augment=recipe.get("augment") or {}, axes=classifier.feature_axes,
         smoothing=float(recipe.get("label_smoothing_factor") or 0.0),
+        encoder_lr_scale=recipe.get("encoder_lr_scale"),
     )
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)

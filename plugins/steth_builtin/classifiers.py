@@ -4,6 +4,8 @@
   embedded ``steth/ast-asthma``), from a checkpoint or a size preset.
 * ``densenet201`` - timm DenseNet201 on the 3-channel multi-window log-mel (the paper's baseline).
 * ``mfcc-logreg`` - MFCC statistics + logistic regression, the simple baseline to beat.
+* ``efficientat`` - AudioSet-pretrained EfficientAT MobileNetV3 (mn04...) with a linear asthma head,
+  frozen (linear probe) or fine-tuned; the default screening model is one.
 """
 
 from steth_hub import hookimpl
@@ -35,4 +37,12 @@ def register_classifiers(register):
         factory="steth_builtin.mfcc_logreg:MFCCLogReg",
         requires=("sklearn",),
         extra="train",
+    ))
+    register(ClassifierSpec(
+        name="efficientat",
+        summary="AudioSet-pretrained EfficientAT MobileNetV3 (mn04, mn05, mn10...) + linear head, frozen or fine-tuned",
+        factory="steth_builtin.efficientat_model:EfficientATClassifier",
+        requires=("torch", "torchvision", "safetensors", "sklearn"),
+        extra="train",
+        options={"features": "efficientat-mel"},
     ))

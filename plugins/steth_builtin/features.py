@@ -19,3 +19,13 @@ def register_feature_extractors(register):
         summary="ASTFeatureExtractor Kaldi-style filter banks: num_mel_bins bands (128 by default), "
                 "400-sample windows every 160 at its own rate (25/10 ms at 16 kHz)",
         factory="steth_hub.features:ASTFrontEnd", requires=("torch", "transformers"), extra="train"))
+    register(FeatureExtractorSpec(
+        name="efficientat-mel",
+        summary="EfficientAT's front end: 32 kHz, pre-emphasis, 1024/800/320 STFT, 128 Kaldi mel bands 0-15 kHz, "
+                "(log + 4.5) / 5 -> [N, 1, 128, T] (numpy only)",
+        factory="steth_builtin.efficientat_frontend:EfficientATMel", requires=("numpy", "soxr")))
+    register(FeatureExtractorSpec(
+        name="ast-fbank-numpy",
+        summary="The same AST filter banks in numpy alone (no torch): the light ONNX runtime's front end "
+                "for exported ast models -> numpy [N, max_length, num_mel_bins]",
+        factory="steth_hub.features:NumpyASTFrontEnd", requires=("numpy", "soxr"), extra="screen"))
