@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from importlib import metadata
@@ -60,6 +61,14 @@ class Registration:
     @property
     def kind(self) -> str:
         return self.spec.kind
+
+
+#: the distribution that ships the built-in plugins (plugins/steth_builtin)
+BUILTIN_DISTRIBUTION = "steth-hub"
+
+
+def _is_builtin(distribution: str) -> bool:
+    return (distribution or "").replace("_", "-").lower() == BUILTIN_DISTRIBUTION
 
 
 def _truthy(value: str | None) -> bool:
@@ -124,6 +133,10 @@ class Registry:
         failed = PluginRecord(record.name, record.distribution, record.module, "failed", reason)
         self._plugins.append(failed)
         log.warning("steth-hub plugin %r (distribution %r) failed: %s", record.name, record.distribution, reason)
+        if _is_builtin(record.distribution):  # not a third-party problem: steth-hub itself is broken
+            print(f"WARNING: steth-hub installation bug: built-in plugin {record.name!r} failed to load ({reason}); "
+                  "its models and steps are unavailable. Reinstall steth-hub (pip install --force-reinstall "
+                  "steth-hub, or pip install -e . in a clone) and report it if it persists.", file=sys.stderr)
         if self.strict:
             raise PluginError(
                 f"plugin {record.name!r} from distribution {record.distribution!r} failed: {reason}",
@@ -135,7 +148,9 @@ class Registry:
             record = PluginRecord(ep.name, _distribution_of(ep), ep.value)
             try:
                 module = ep.load()
-            except Exception as exc:  # any import failure is reported, never fatal
+            except KeyboardInterrupt:  # a real Ctrl-C stops the program
+                raise
+            except BaseException as exc:  # any import failure (SystemExit too) is reported, never fatal
                 self._fail(record, f"import failed: {type(exc).__name__}: {exc}")
                 continue
             problem = _check_hook_names(module)
@@ -147,7 +162,9 @@ class Registry:
             try:
                 pm.register(module, name=ep.name)
                 pm.check_pending()
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 self._fail(record, f"invalid hook implementation: {exc}")
                 continue
             collected: list[Registration] = []
@@ -157,7 +174,9 @@ class Registry:
                         register = _make_register(kind, collected, record)
                         args = {"register": register}
                         impl.function(*[args[name] for name in impl.argnames])
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 self._fail(record, f"{type(exc).__name__} while registering: {exc}")
                 continue
             self._plugins.append(record)

@@ -78,7 +78,9 @@ class PluginSpec:
         module_name, _, attr = self.factory.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # report the plugin, not a bare traceback
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # report the plugin, not a bare traceback (SystemExit too)
             raise PluginError(
                 f"{self.kind} {self.name!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}",
                 fix="reinstall the plugin's distribution or check its dependencies",

@@ -213,3 +213,51 @@ def test_spec_validation_gives_actionable_errors():
     with pytest.raises(PluginError, match="invalid classifier name"):
         ClassifierSpec(name="has space", summary="s", factory="a:b")
     assert ClassifierSpec(name="x", summary="s", factory="a:b", requires="torch").requires == ("torch",)
+
+
+# --------------------------------------------------------------------------- issue 13: hardening
+@pytest.mark.parametrize("raiser", ["raise SystemExit(3)", "raise GeneratorExit()",
+                                    "class Odd(BaseException):\n    pass\nraise Odd('odd')"])
+def test_a_plugin_raising_a_baseexception_at_import_is_isolated(site, raiser):
+    make_dist(site, "steth-good", "steth_good_plugin", GOOD.format(name="good-model", module="steth_good_plugin"))
+    make_dist(site, "steth-exits", "steth_exits_plugin", raiser + "\n")
+    reg = Registry()
+    failed = {p.name: p for p in reg.failures}
+    assert "steth_exits_plugin" in failed and "import failed" in failed["steth_exits_plugin"].error
+    assert reg.get("classifier", "good-model")
+
+
+def test_a_plugin_raising_systemexit_while_registering_is_isolated(site):
+    code = ("from steth_hub import hookimpl\n\n@hookimpl\ndef register_classifiers(register):\n"
+            "    raise SystemExit('bye')\n")
+    make_dist(site, "steth-exits", "steth_exits_reg", code)
+    reg = Registry()
+    assert "steth_exits_reg" in {p.name for p in reg.failures}
+
+
+def test_a_real_keyboard_interrupt_still_stops_loading(site):
+    make_dist(site, "steth-ctrlc", "steth_ctrlc_plugin", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        Registry().load()
+
+
+def test_a_broken_builtin_plugin_is_reported_loudly_as_an_installation_bug(site, capsys):
+    make_dist(site, "steth-hub", "steth_fake_builtin", "import a_module_that_does_not_exist\n")
+    reg = Registry(only=["steth_fake_builtin"])
+    assert [p.name for p in reg.failures] == ["steth_fake_builtin"]
+    err = capsys.readouterr().err
+    assert "installation bug" in err and "steth_fake_builtin" in err and "Reinstall steth-hub" in err
+
+
+def test_a_third_party_failure_is_not_called_an_installation_bug(site, capsys):
+    make_dist(site, "steth-broken", "steth_broken_plugin", "import a_module_that_does_not_exist\n")
+    Registry(only=["steth-broken"]).load()
+    assert "installation bug" not in capsys.readouterr().err
+
+
+def test_a_factory_module_raising_systemexit_is_a_plugin_error(site):
+    (site / "steth_exit_factory.py").write_text("raise SystemExit(2)\n")
+    from steth_hub.specs import ClassifierSpec
+
+    with pytest.raises(PluginError, match="SystemExit"):
+        ClassifierSpec(name="x", summary="x", factory="steth_exit_factory:Model").load()
