@@ -18,6 +18,10 @@ a batch ``[N, S]`` of clips (numpy or torch):
 :class:`ASTFrontEnd` (plugin ``ast-fbank``)
     transformers' ``ASTFeatureExtractor`` (its numpy path: no torchaudio), ``[N, T, 128]``.
 
+:class:`NumpyASTFrontEnd` (plugin ``ast-fbank-numpy``)
+    the same filter banks in numpy alone (returns numpy, imports neither torch nor
+    transformers): the front end of the light ONNX screening runtime.
+
 Recordings sampled at 4 kHz carry nothing above 2 kHz. After resampling to 16 kHz their
 mel bands above about 2 kHz hold (almost) no power; they come out at the floor
 (``max - top_db``) of their spectrogram: finite numbers, never NaN or -inf (the power is
@@ -309,6 +313,94 @@ class ASTFrontEnd:
         rows = list(x.detach().cpu().numpy())
         values = self.extractor(rows, sampling_rate=self.sample_rate, return_tensors="np")["input_values"]
         return torch.from_numpy(np.asarray(values, dtype=np.float32))
+
+
+class NumpyASTFrontEnd:
+    """The AST front end in numpy alone (plugin ``ast-fbank-numpy``): no torch, no transformers.
+
+    Exactly the computation of transformers' ``ASTFeatureExtractor`` on its numpy path (what
+    :class:`ASTFrontEnd` and the ``ast`` classifier's ``featurise`` give, un-normalised): clips
+    resampled with soxr to ``sampling_rate``; frames of 400 samples every 160 (Kaldi's snip
+    edges), each with its mean removed, pre-emphasis 0.97, a symmetric Hann window, a 512-point
+    FFT; power through ``num_mel_bins`` Kaldi-scale triangles (built in mel space) from 20 Hz to
+    half the rate; ``log(max(mel, 1.19e-7))``; padded with 0 or cut to ``max_length`` frames.
+    The light screening runtime (:mod:`steth_hub.runtime`) feeds these features to the exported
+    ONNX network; the export checks on real clips that they match ``featurise``.
+
+    Returns numpy float32 ``[N, max_length, num_mel_bins]``.
+    """
+
+    name = "ast-fbank-numpy"
+    FRAME_LENGTH, FRAME_HOP, FFT_LENGTH = 400, 160, 512
+    PREEMPHASIS, MEL_FLOOR, MIN_HZ = 0.97, 1.192092955078125e-07, 20.0
+
+    def __init__(self, sampling_rate: int = 16000, num_mel_bins: int = 128, max_length: int = 1024):
+        self.sample_rate = int(sampling_rate)
+        self.num_mel_bins = int(num_mel_bins)
+        self.max_length = int(max_length)
+        if self.sample_rate <= 0 or self.num_mel_bins < 1 or self.max_length < 1:
+            raise ConfigError(f"bad ast-fbank-numpy settings {self.config()}",
+                              fix="sampling_rate > 0, num_mel_bins >= 1, max_length >= 1")
+        self.mel_filters = self._kaldi_filters(self.FFT_LENGTH // 2 + 1, self.num_mel_bins, self.MIN_HZ,
+                                               float(self.sample_rate // 2), self.sample_rate)  # [F, M] float64
+        n = self.FRAME_LENGTH  # np.hanning(n) is the symmetric Hann window (periodic=False)
+        self.window = np.hanning(n)
+
+    def config(self) -> dict:
+        return {"sampling_rate": self.sample_rate, "num_mel_bins": self.num_mel_bins, "max_length": self.max_length}
+
+    def __repr__(self) -> str:
+        return f"NumpyASTFrontEnd({self.config()})"
+
+    @staticmethod
+    def _kaldi_filters(n_bins: int, n_mels: int, f_min: float, f_max: float, rate: int) -> np.ndarray:
+        """transformers' ``mel_filter_bank(..., norm=None, mel_scale="kaldi", triangularize_in_mel_space=True)``."""
+        def to_mel(f):
+            return 1127.0 * np.log(1.0 + (f / 700.0))
+
+        mel_freqs = np.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2)
+        fft_mels = to_mel(rate / ((n_bins - 1) * 2) * np.arange(n_bins))
+        diff = np.diff(mel_freqs)
+        slopes = np.expand_dims(mel_freqs, 0) - np.expand_dims(fft_mels, 1)
+        down, up = -slopes[:, :-2] / diff[:-1], slopes[:, 2:] / diff[1:]
+        return np.maximum(np.zeros(1), np.minimum(down, up))
+
+    def _fbank(self, row: np.ndarray) -> np.ndarray:
+        """``[frames, num_mel_bins]`` log-mel filter banks of one clip at ``sample_rate`` (float32)."""
+        length, hop = self.FRAME_LENGTH, self.FRAME_HOP
+        x = np.asarray(row, dtype=np.float32).astype(np.float64)
+        n_frames = int(1 + np.floor((x.size - length) / hop))
+        if n_frames < 1:
+            return np.zeros((0, self.num_mel_bins), dtype=np.float32)
+        frames = np.lib.stride_tricks.sliding_window_view(x, length)[::hop][:n_frames].copy()
+        frames -= frames.mean(axis=1, keepdims=True)
+        emphasised = frames.copy()
+        emphasised[:, 1:] -= self.PREEMPHASIS * frames[:, :-1]
+        emphasised[:, 0] *= 1 - self.PREEMPHASIS
+        emphasised *= self.window
+        # as transformers: the spectrum is kept as complex64, its power taken in float64
+        spectrum = np.fft.rfft(emphasised, n=self.FFT_LENGTH, axis=1).astype(np.complex64)
+        power = np.abs(spectrum, dtype=np.float64) ** 2.0
+        mel = np.maximum(self.MEL_FLOOR, np.dot(self.mel_filters.T, power.T))
+        return np.asarray(np.log(mel), dtype=np.float32).T
+
+    def __call__(self, waveforms, sample_rate: int | None = None) -> np.ndarray:
+        """Filter banks ``[N, max_length, num_mel_bins]`` (numpy float32) for clips ``[N, S]``."""
+        from steth_hub.audio import resample
+
+        x = np.asarray(waveforms, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise ConfigError(f"expected waveforms [N, S] (or one clip [S]), got shape {tuple(x.shape)}",
+                              fix="stack equal-length clips into one 2-D array")
+        rate = self.sample_rate if sample_rate is None else int(sample_rate)
+        out = np.zeros((len(x), self.max_length, self.num_mel_bins), dtype=np.float32)
+        for i, row in enumerate(x):
+            fbank = self._fbank(resample(row, rate, self.sample_rate) if rate != self.sample_rate else row)
+            n = min(self.max_length, fbank.shape[0])
+            out[i, :n] = fbank[:n]
+        return out
 
 
 # =========================================================================== computing over a set

@@ -722,6 +722,18 @@ class TorchClassifier(Classifier):
             out.append(self.predict_features(x))
         return np.concatenate(out)
 
+    # -- the light runtime (steth_hub/onnx_export.py, steth_hub/runtime.py) -----
+    def onnx_frontend(self) -> dict | None:
+        """``{"name": <feature-extractor plugin>, "config": {...}}``: a torch-free front end that returns
+        exactly ``featurise()`` as numpy float32. None (the default): no ONNX export, screening uses torch."""
+        return None
+
+    def export_onnx(self, directory: str | os.PathLike, **kwargs) -> dict:
+        """Write ``directory/model.onnx`` (raw features -> logits) and return its ``steth.json`` block."""
+        from steth_hub.onnx_export import export_onnx
+
+        return export_onnx(self, directory, **kwargs)
+
 
 # --------------------------------------------------------------------------- from a config and a corpus
 def epochs_from_evaluation(report: dict) -> float | None:
@@ -866,6 +878,9 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
     if report is not None:
         model.metadata["evaluation"] = report
     model.save_pretrained(out)
+    from steth_hub.onnx_export import export_after_training
+
+    export_after_training(model, out)  # model.onnx beside the weights, for classifiers that opt in
     return model, history
 
 

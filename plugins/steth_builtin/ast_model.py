@@ -207,6 +207,12 @@ class ASTClassifier(TorchClassifier):
             out[i, :n] = fbank[:n]
         return out
 
+    def onnx_frontend(self) -> dict:
+        """The light runtime's front end: ``ast-fbank-numpy`` (numpy only) at this model's settings."""
+        return {"name": "ast-fbank-numpy", "config": {"sampling_rate": self.front_end_rate,
+                                                      "num_mel_bins": self.num_mel_bins,
+                                                      "max_length": int(self.max_length)}}
+
     def fit_normalisation(self, features) -> None:
         """Training statistics: each mel bin's mean (the average spectrum) and one std of the centred values.
 
