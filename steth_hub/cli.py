@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "train", "Train a classifier on a corpus with a recipe."),
     "evaluate": ("evaluate", "evaluate", "Patient-grouped cross-validation with confidence intervals."),
     "screen": ("screen", "screen", "Screen recordings for asthma with a trained model."),
+    "export": ("export", "export", "Export a model to ONNX for the light screening runtime (no torch)."),
     "explain": ("explain", "explain", "Draw where the model looked over the spectrogram."),
     "card": ("hub", "card", "Regenerate a model card from a model's evaluation."),
     "push": ("hub", "push", "Publish a model folder to the Hugging Face Hub."),

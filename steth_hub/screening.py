@@ -74,24 +74,89 @@ class ScreeningResult:
 
 # --------------------------------------------------------------------------- models
 _MODEL_CACHE: dict[str, Any] = {}
+#: ``auto`` (the ONNX export when the folder has one, else torch), ``onnx`` or ``torch``
+RUNTIME_ENV = "STETH_RUNTIME"
 
 
-def load_model(model=None):
-    """A classifier from ``model``: None (the embedded default), a name or folder, or a Classifier.
+def load_model(model=None, runtime: str | None = None):
+    """A screening model from ``model``: None (the embedded default), a name or folder, or a loaded model.
 
-    Names and folders are loaded once per process and reused.
+    ``runtime`` (default: the ``STETH_RUNTIME`` environment variable, else ``"auto"``) chooses how
+    a name or folder is loaded: ``"auto"`` uses the light ONNX runtime
+    (:class:`steth_hub.runtime.OnnxClassifier`, no torch) when the folder carries an export and
+    onnxruntime is installed, and the torch classifier otherwise; ``"onnx"`` insists on the
+    export; ``"torch"`` loads the torch classifier (explanations need it; an ``OnnxClassifier``
+    passed with ``runtime="torch"`` is reloaded from its folder). Loaded models are reused.
     """
     from steth_hub.classifier import Classifier
+    from steth_hub.runtime import RUNTIMES, OnnxClassifier
 
+    runtime = (runtime or os.environ.get(RUNTIME_ENV) or "auto").strip().lower()
+    if runtime not in RUNTIMES:
+        raise ModelError(f"unknown screening runtime {runtime!r}", fix=f"use one of: {', '.join(RUNTIMES)} "
+                                                                       f"(argument runtime= or {RUNTIME_ENV})")
     if isinstance(model, Classifier):
         return model
+    if isinstance(model, OnnxClassifier):
+        if runtime != "torch":
+            return model
+        model = model.directory
     from steth_hub.hub import DEFAULT_MODEL, from_pretrained
 
     name = DEFAULT_MODEL if model is None else os.fspath(model)
     key = str(Path(name).resolve()) if Path(name).exists() else name
+    if runtime != "torch":
+        light = _MODEL_CACHE.get(("onnx", key))
+        if light is None:
+            light = _load_light(name, runtime)
+            if light is not None:
+                _MODEL_CACHE[("onnx", key)] = light
+        if light is not None:
+            return light
     if key not in _MODEL_CACHE:
+        _require_torch(name)
         _MODEL_CACHE[key] = from_pretrained(name)
     return _MODEL_CACHE[key]
+
+
+def _load_light(name: str, runtime: str):
+    """The ONNX export of ``name`` (None when it has none and ``runtime`` is ``"auto"``)."""
+    import importlib.util
+    import logging
+
+    from steth_hub.hub import resolve
+    from steth_hub.runtime import OnnxClassifier, has_onnx_export
+
+    try:
+        folder = resolve(name)
+    except ImportError as exc:  # a Hub repo id needs huggingface_hub, which the screen extra lacks
+        raise ModelError(f"{name!r} is a Hub repo id, and resolving it needs huggingface_hub ({exc})",
+                         fix="pass a local model folder, or pip install huggingface_hub") from exc
+    if not has_onnx_export(folder):
+        if runtime == "onnx":
+            raise ModelError("this model has no ONNX export", path=folder,
+                             fix=f"run `steth export {folder}` (needs the train extra), or unset {RUNTIME_ENV}")
+        return None
+    if runtime == "auto" and importlib.util.find_spec("onnxruntime") is None:
+        return None
+    try:
+        return OnnxClassifier.from_pretrained(folder)
+    except ModelError as exc:
+        if runtime == "onnx" or importlib.util.find_spec("torch") is None:
+            raise
+        logging.getLogger(__name__).warning("screening %s with torch: its ONNX export cannot be used (%s)",
+                                            name, exc)
+        return None
+
+
+def _require_torch(name: str) -> None:
+    """A clear error when the torch path is needed but torch is not installed (the screen extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ModelError(f"model {name!r} has no usable ONNX export, and its torch runtime needs torch, "
+                         "which is not installed", fix="pip install 'steth-hub[train]', or screen with a model "
+                                                       "exported by `steth export` (pip install 'steth-hub[screen]')")
 
 
 def model_name(model) -> str:
