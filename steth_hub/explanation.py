@@ -600,7 +600,7 @@ def explain(source, model=None, explainer: str | None = None, sample_rate: int |
 
     if target not in TARGETS:
         raise ConfigError(f"unknown explanation target {target!r}", fix=f"use one of: {', '.join(TARGETS)}")
-    classifier = screening.load_model(model)
+    classifier = screening.load_model(model, runtime="torch")  # explainers need the torch network
     if model is None:
         model_label = DEFAULT_MODEL
     elif isinstance(model, (str, os.PathLike)):
