@@ -161,8 +161,103 @@ def check_recipe(recipe: dict, *, source: str | None = None) -> dict:
             or (isinstance(class_weight, (list, tuple)) and len(class_weight) == 2)):
         raise ConfigError(f"class_weight {class_weight!r} is not 'balanced', 'none' or two numbers", path=source,
                           fix="use class_weight: balanced")
+    if isinstance(class_weight, (list, tuple)):
+        _check_values({"class_weight": list(class_weight)}, {"class_weight": ("float", 0.0, None, False)}, source,
+                      where="")
+    recipe = dict(recipe)
+    recipe.update(_check_values(recipe, VALUE_RULES, source, where=""))
+    if augment:
+        recipe["augment"] = dict(augment, **_check_values(augment, AUGMENT_RULES, source, where="augment."))
+    if pretrain:
+        recipe["pretrain"] = dict(pretrain, **_check_values(pretrain, PRETRAIN_RULES, source, where="pretrain."))
     out = dict(DEFAULTS)
     out.update(recipe)
+    return out
+
+
+#: (type, minimum, maximum, minimum excluded) of the numeric recipe values; checked before any work starts
+VALUE_RULES = {
+    "learning_rate": ("float", 0.0, None, True),
+    "num_train_epochs": ("float", 0.0, None, True),
+    "max_steps": ("int", -1, None, False),
+    "per_device_train_batch_size": ("int", 1, None, False),
+    "per_device_eval_batch_size": ("int", 1, None, False),
+    "gradient_accumulation_steps": ("int", 1, None, False),
+    "weight_decay": ("float", 0.0, None, False),
+    "max_grad_norm": ("float", 0.0, None, False),
+    "warmup_ratio": ("float", 0.0, 1.0, False),
+    "warmup_steps": ("float", 0.0, None, False),
+    "logging_steps": ("float", 0.0, None, True),
+    "eval_steps": ("float", 0.0, None, True),
+    "save_steps": ("float", 0.0, None, True),
+    "save_total_limit": ("int", 1, None, False),
+    "seed": ("int", 0, None, False),
+    "dataloader_num_workers": ("int", 0, None, False),
+    "label_smoothing_factor": ("float", 0.0, 1.0, False),
+    "early_stopping_patience": ("int", 1, None, False),
+    "early_stopping_threshold": ("float", 0.0, None, False),
+    "feature_batch_size": ("int", 1, None, False),
+    "stop_at_epoch": ("float", 0.0, None, True),
+    "encoder_lr_scale": ("float", 0.0, None, False),
+    "adam_beta1": ("float", 0.0, 1.0, False),
+    "adam_beta2": ("float", 0.0, 1.0, False),
+    "adam_epsilon": ("float", 0.0, None, True),
+}
+PRETRAIN_RULES = {"epochs": ("float", 0.0, None, False), "learning_rate": ("float", 0.0, None, True),
+                  "weight_decay": ("float", 0.0, None, False), "batch_size": ("int", 1, None, False)}
+AUGMENT_RULES = {"time_mask": ("int", 0, None, False), "freq_mask": ("int", 0, None, False),
+                 "time_masks": ("int", 0, None, False), "freq_masks": ("int", 0, None, False),
+                 "time_shift": ("float", 0.0, 1.0, False), "gain_db": ("float", 0.0, None, False),
+                 "mixup_alpha": ("float", 0.0, None, False)}
+
+
+def _check_values(values: dict, rules: dict, source, *, where: str) -> dict:
+    """Type- and range-check the numeric values named in ``rules``; returns those values converted.
+
+    A number written as a string that YAML did not parse (``"1e-4"``) is accepted and converted;
+    ``"fast"``, a boolean, a negative batch size or NaN is a :class:`ConfigError` naming the key.
+    """
+    import math
+
+    out, problems = {}, []
+    for key, (kind, low, high, open_low) in rules.items():
+        if key not in values or values[key] is None:
+            continue
+        raw = values[key]
+        items = raw if isinstance(raw, list) else [raw]
+        converted = []
+        for value in items:
+            number = None
+            if isinstance(value, bool):
+                number = None
+            elif isinstance(value, (int, float)):
+                number = value
+            elif isinstance(value, str):
+                try:
+                    number = float(value.strip())
+                except ValueError:
+                    number = None
+            if number is None or not math.isfinite(float(number)):
+                problems.append(f"{where}{key}: {value!r} is not a {'whole ' if kind == 'int' else ''}number")
+                break
+            if kind == "int":
+                if float(number) != int(float(number)):
+                    problems.append(f"{where}{key}: {value!r} is not a whole number")
+                    break
+                number = int(float(number))
+            else:
+                number = float(number) if isinstance(number, str) else number
+            if (number < low or (open_low and number == low)) or (high is not None and number > high):
+                bound = f"{'above' if open_low else 'at least'} {low}" + (f" and at most {high}" if high is not None else "")
+                problems.append(f"{where}{key}: {value!r} must be {bound}")
+                break
+            converted.append(number)
+        else:
+            out[key] = converted if isinstance(raw, list) else converted[0]
+    if problems:
+        raise ConfigError("bad recipe value(s): " + "; ".join(problems), path=source,
+                          fix="write numbers (e.g. learning_rate: 8.0e-5, num_train_epochs: 10, "
+                              "per_device_train_batch_size: 16)")
     return out
 
 
@@ -481,10 +576,56 @@ def _compute_metrics(eval_pred) -> dict:
     return out
 
 
-def _has_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a ``checkpoint-N`` folder cannot be resumed from (a run killed while writing it), or None."""
+    import json
 
-    return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    empty = sorted(p.name for p in folder.iterdir() if p.is_file() and p.stat().st_size == 0)
+    if empty:
+        return "0-byte file(s) " + ", ".join(empty)
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "trainer_state.json is not valid JSON"
+    if not any(folder.glob("*.safetensors")):
+        return "no .safetensors weights"
+    return None
+
+
+def complete_checkpoints(out_dir: Path) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest *complete* ``checkpoint-N`` in ``out_dir`` and the newer ones skipped, with why."""
+    import re
+
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None, []
+    found = []
+    for sub in out_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", sub.name)
+        if match and sub.is_dir():
+            found.append((int(match.group(1)), sub))
+    skipped = []
+    for _, folder in sorted(found, reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder), skipped
+        skipped.append((str(folder), problem))
+    return None, skipped
+
+
+def _has_checkpoint(out_dir: Path) -> str | None:
+    """The newest complete checkpoint in ``out_dir``; incomplete newer ones are skipped, and said so."""
+    import sys
+
+    newest, skipped = complete_checkpoints(out_dir)
+    for folder, problem in skipped:
+        message = f"skipping incomplete checkpoint {folder} ({problem}; the run was probably killed while saving it)"
+        log.warning("%s", message)
+        print(f"warning: {message}", file=sys.stderr)
+    return newest
 
 
 def training_arguments(recipe: dict, out_dir: Path, *, has_valid: bool, cuda: bool):
@@ -553,7 +694,7 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
     resume = recipe.get("resume", False)
     checkpoint = _has_checkpoint(out_dir) if resume else None
     if resume is True and checkpoint is None:
-        raise ConfigError("nothing to resume: no checkpoint-* folder", path=out_dir,
+        raise ConfigError("nothing to resume: no complete checkpoint-* folder", path=out_dir,
                           fix="start a fresh run (drop --resume), or point at the run's checkpoint folder")
 
     started = time.perf_counter()
@@ -798,8 +939,13 @@ def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool =
 def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, corpus: dict | None = None,
                    resume: bool = False, epochs: float | None = None, valid_fraction: float | None = None,
                    evaluation: str | os.PathLike | dict | None = None, checkpoints: str | os.PathLike | None = None,
-                   seed: int | None = None, progress: bool = True, name: str | None = None) -> tuple[Any, dict]:
+                   seed: int | None = None, progress: bool = True, name: str | None = None,
+                   overwrite: bool = False) -> tuple[Any, dict]:
     """Train an experiment's classifier on preprocessed clips and save it to ``out``.
+
+    ``out`` must be new, empty or a steth-hub model folder (``overwrite=True`` replaces any
+    other folder), and never the corpus, the config or anything that contains them; this is
+    checked before any work starts (:func:`steth_hub.fileio.check_output_folder`).
 
     * ``valid_fraction`` (default: 0.2 when the recipe early-stops, else 0): that share of the
       patients, stratified by label, is held out for early stopping and the threshold;
@@ -819,6 +965,8 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
     from steth_hub.registry import get_registry
 
     experiment = load_experiment(experiment) if not hasattr(experiment, "recipe") else experiment
+    check_model_output(out, experiment=experiment, corpus=(corpus or {}).get("path") or None,
+                       evaluation=evaluation, checkpoints=checkpoints, overwrite=overwrite)
     preset = load_preset(preset if preset is not None else experiment.preset)
     recipe = dict(experiment.recipe)
     report = read_evaluation(evaluation) if isinstance(evaluation, (str, os.PathLike)) else evaluation
@@ -882,6 +1030,20 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
 
     export_after_training(model, out)  # model.onnx beside the weights, for classifiers that opt in
     return model, history
+
+
+def check_model_output(out, *, experiment=None, corpus=None, evaluation=None, checkpoints=None,
+                       overwrite: bool = False) -> Path:
+    """The model folder ``out`` may be written: not an input (corpus, config, evaluation report,
+    checkpoints) nor a folder holding one; new, empty, a steth-hub model, or ``overwrite``."""
+    from steth_hub.classifier import STETH_METADATA
+    from steth_hub.fileio import check_output_folder
+
+    inputs = [corpus, getattr(experiment, "source", None), checkpoints]
+    if isinstance(evaluation, (str, os.PathLike)):
+        inputs.append(evaluation)
+    return check_output_folder(out, [i for i in inputs if i], markers=(STETH_METADATA,), overwrite=overwrite,
+                               what="model")
 
 
 def _by_label(clips, groups) -> dict:
