@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "screen": ("screen", "screen", "Screen recordings for asthma with a trained model."),
     "export": ("export", "export", "Export a model to ONNX for the light screening runtime (no torch)."),
     "explain": ("explain", "explain", "Draw where the model looked over the spectrogram."),
+    "report": ("report", "report", "The clinician's report for a patient: PDF, HTML, JSON or FHIR R4."),
     "card": ("hub", "card", "Regenerate a model card from a model's evaluation."),
     "push": ("hub", "push", "Publish a model folder to the Hugging Face Hub."),
     "demo": ("demo", "demo", "Launch the Gradio demo locally."),
