@@ -214,6 +214,7 @@ def export_onnx(classifier, directory: str | os.PathLike, *, waveforms: np.ndarr
     from steth_hub.fileio import atomic_write_bytes
 
     atomic_write_bytes(directory / ONNX_FILE, data)
+    band = classifier.band_hz() if callable(getattr(classifier, "band_hz", None)) else None
     return {
         "file": ONNX_FILE,
         "opset": int(opset),
@@ -230,6 +231,7 @@ def export_onnx(classifier, directory: str | os.PathLike, *, waveforms: np.ndarr
         "weights": weights_digest(directory),
         "exporter": f"torch.onnx (TorchScript exporter), torch {torch.__version__}",
         "checked_with": f"onnxruntime {ort.__version__}",
+        "band_hz": [float(band[0]), float(band[1])] if band else None,  # for the low-sample-rate warning
     }
 
 

@@ -157,6 +157,15 @@ class OnnxClassifier:
             out.append(softmax_asthma(self.session.run(None, {self._input: x})[0]))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
+    def band_hz(self) -> tuple[float, float] | None:
+        """The band of the clips the model reads (recorded at export), else None (up to half the clips' rate)."""
+        band = self.onnx.get("band_hz")
+        if isinstance(band, (list, tuple)) and len(band) == 2:
+            return float(band[0]), float(band[1])
+        if self.front_end_rate:
+            return 0.0, self.front_end_rate / 2.0
+        return None
+
     def decide(self, probabilities) -> np.ndarray:
         """True where P(asthma) is at or above the model's threshold."""
         return np.asarray(probabilities) >= self.threshold
