@@ -478,6 +478,10 @@ def _csv_rows(text: str, path: Path, fix: str) -> list[tuple[int, dict]]:
                           path=path, fix=fix)
     rows = []
     for number, raw in enumerate(reader, start=2):
+        if raw.get(None):  # csv.DictReader puts the cells beyond the header under None
+            raise ConfigError(f"row {number} has more cells than the header ({len(header)})", path=path,
+                              fix='put paths that contain commas in double quotes ("BP1_N,N,P L M,..wav"), '
+                                  "or use a JSON manifest")
         row = {str(k or "").strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in raw.items()}
         if any(row.get(c) for c in MANIFEST_COLUMNS):
             rows.append((number, row))
