@@ -276,6 +276,8 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
     if isinstance(experiment, Mapping):
         experiment = experiment.get("name")
     model_name = name or meta.get("name") or experiment or meta.get("plugin") or "steth-hub model"
+    # what the classifier says it is (Classifier.card_facts, stored in steth.json when it was saved)
+    facts = dict(meta["card_facts"]) if isinstance(meta.get("card_facts"), Mapping) else {}
     return {
         "name": str(model_name),
         "usage_name": repo_id or ("steth/ast-asthma" if model_name == "ast-asthma" else "path/to/model-folder"),
@@ -297,18 +299,20 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "sources": [{"key": s, **SOURCES.get(s, {"name": s, "citation": None, "license": None})} for s in sources],
         "age_range": data.get("age_range"),
         "evaluation": summary,
-        "is_ast": meta.get("plugin") == "ast",
+        "facts": facts,
+        "is_transformers": facts.get("library") == "transformers",
         "not_evaluated": NOT_EVALUATED,
         "license": meta.get("license") or "apache-2.0",
         # model-specific findings (e.g. from its explanation maps), added to the generic limitations
         "limitations": _limitations(meta.get("limitations")),
-        "front_end_rate": _front_end_rate(meta),
-        "front_end_bins": _front_end(meta).get("num_mel_bins"),
+        "front_end_rate": facts.get("front_end_rate"),
+        "front_end_bins": facts.get("front_end_bins"),
         "description": (training["experiment"].get("description") if isinstance(training.get("experiment"), Mapping)
                         else None),
         "pretrain_epochs": ((recipe or {}).get("pretrain") or {}).get("epochs") if recipe else None,
         "freeze_encoder": bool((recipe or {}).get("freeze_encoder")),
-        "n_parameters": _count_parameters(model_dir) if model_dir is not None else None,
+        "n_parameters": (facts["parameters"] if isinstance(facts.get("parameters"), int)
+                         else _count_parameters(model_dir) if model_dir is not None else None),
     }
 
 
@@ -341,31 +345,17 @@ def _is_buffer(key: str) -> bool:
     return name.endswith(BUFFER_SUFFIXES) or name.startswith(BUFFER_PREFIXES)
 
 
-def _front_end(meta: Mapping) -> dict:
-    ast = meta.get("ast") if isinstance(meta.get("ast"), Mapping) else {}
-    return dict(ast.get("front_end")) if isinstance(ast.get("front_end"), Mapping) else {}
-
-
 def _limitations(value: Any) -> list[str]:
     """``steth.json["limitations"]``: a list of Markdown items (a single string is one item)."""
     items = [value] if isinstance(value, str) else list(value or []) if isinstance(value, (list, tuple)) else []
     return [str(x).strip() for x in items if str(x).strip()]
 
 
-def _front_end_rate(meta: Mapping) -> int | None:
-    """The AST front end's own sample rate: ``ast.front_end.sampling_rate`` where steth.json records one,
-    else (an AST) the clips' rate, which is what the plugin then runs its front end at."""
-    rate = _front_end(meta).get("sampling_rate")
-    if not isinstance(rate, (int, float)) and meta.get("plugin") == "ast":
-        rate = meta.get("sample_rate")
-    return int(rate) if isinstance(rate, (int, float)) else None
-
-
 def card_metadata(context: Mapping) -> dict:
     """The card's YAML front matter: Hub metadata with a model-index of the measured metrics only."""
     meta: dict[str, Any] = {
         "license": context["license"],
-        "library_name": "transformers" if context["is_ast"] else "steth-hub",
+        "library_name": "transformers" if context["is_transformers"] else "steth-hub",
         "pipeline_tag": "audio-classification",
         "tags": list(TAGS) + ([f"steth-plugin-{context['plugin']}"] if context.get("plugin") else []),
     }

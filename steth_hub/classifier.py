@@ -82,6 +82,9 @@ class Classifier(abc.ABC):
             "labels": list(LABELS),
             "steth_hub_version": __version__,
         })
+        facts = self.card_facts()
+        if facts:  # the card is rendered from steth.json alone, so the classifier's own facts go there
+            meta["card_facts"] = facts
         if not meta.get("distribution"):  # lets a loader without the plugin say what to install
             from steth_hub.hub import plugin_distribution
 
@@ -119,6 +122,33 @@ class Classifier(abc.ABC):
         from steth_hub.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+    # -- what the core asks every classifier (optional; see CONTRIBUTING.md) ------
+    #: the explainer used when none is named (``None``: the first compatible one)
+    default_explainer: ClassVar[str | None] = None
+    #: axes of a batch of network inputs that are time and frequency (torch classifiers set this)
+    feature_axes: ClassVar[dict | None] = None
+
+    def input_grid(self, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(centre Hz of each frequency row, centre s of each time column)`` of the network input.
+
+        Explainers return maps on this grid; :mod:`steth_hub.explanation` places them on the
+        spectrogram. A classifier without a time x frequency input leaves it unimplemented, and
+        input-attribution explainers then say they cannot explain it.
+        """
+        raise NotImplementedError
+
+    def band_hz(self) -> tuple[float, float] | None:
+        """The band of the clips the model reads, in Hz (``None``: up to half the clips' rate).
+
+        A recording whose sample rate leaves part of this band empty gets a warning when screened.
+        """
+        return None
+
+    def card_facts(self) -> dict:
+        """What a model card says the model is: ``architecture``, ``parameters``, ``front_end``,
+        ``front_end_rate``, ``pretraining``, ``attribution`` (any subset; unknown keys are shown as they are)."""
+        return {}
 
     # -- decisions --------------------------------------------------------------
     def decide(self, probabilities) -> np.ndarray:

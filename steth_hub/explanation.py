@@ -6,10 +6,12 @@ and places those maps on the time x frequency grid of the spectrogram a person l
 
 * an **explainer** (``steth plugins --kind explainer``) returns :class:`ClipMaps`: one
   non-negative map per clip on the classifier's own input grid, with the centre frequency
-  (Hz) of each row and the time (s, from the clip's start) of each column. The built-in
-  ones are ``integrated-gradients`` (captum; the default for AST), ``gradcam`` (pytorch-grad-cam;
-  the default for DenseNet201) and ``attention`` (AST: gradient-weighted attention relevance,
-  Chefer et al. 2021); see ``docs/explainers.md``;
+  (Hz) of each row and the time (s, from the clip's start) of each column, which the
+  classifier itself declares (``input_grid``). The built-in ones are ``integrated-gradients``
+  (captum; any classifier with an input grid), ``gradcam`` (pytorch-grad-cam; any CNN classifier
+  that names its ``gradcam_layer``) and ``attention`` (AST only: gradient-weighted attention
+  relevance, Chefer et al. 2021); a classifier names its ``default_explainer``; see
+  ``docs/explainers.md``;
 * the **display grid** is a log-mel spectrogram (128 mel bands, 0 Hz to 8 kHz or half the
   model's sample rate, 64 ms window, 10 ms hop) of the preprocessed recording, i.e. the
   clips the model saw, put back at their start times;
@@ -47,8 +49,6 @@ import numpy as np
 
 from steth_hub.errors import ConfigError, ModelError, PluginError
 
-#: the explainer used for a classifier plugin when none is named
-DEFAULT_EXPLAINERS: dict[str, str] = {"ast": "integrated-gradients", "densenet201": "gradcam"}
 #: what a map can explain
 TARGETS = ("decision", "asthma", "not_asthma")
 #: the display spectrogram: mel bands, window and hop (ms), and its top frequency
@@ -100,38 +100,74 @@ class ClipMaps:
 
 
 # =========================================================================== choosing an explainer
-def explainers_for(plugin: str | None) -> list[str]:
-    """Installed explainers that support classifier ``plugin`` (one listing no classifiers supports any)."""
+def _classifier_class(classifier):
+    """The classifier's class: of an object, or looked up by plugin name in the registry (None if unknown)."""
+    if not isinstance(classifier, str):
+        return type(classifier)
     from steth_hub.registry import get_registry
 
-    names = []
-    for reg in get_registry().registrations("explainer"):
-        supported = list((reg.spec.options or {}).get("classifiers") or [])
-        if not supported or plugin in supported:
-            names.append(reg.spec.name)
-    return sorted(set(names))
+    try:
+        return get_registry().get("classifier", classifier).load()
+    except Exception:  # an uninstalled plugin supports no capability-based explainer
+        return None
+
+
+def _implements(cls, method: str) -> bool:
+    """True when the classifier class provides ``method`` (an ``input_grid`` of its own, not the base's)."""
+    from steth_hub.classifier import Classifier
+
+    found = getattr(cls, method, None) if cls is not None else None
+    return callable(found) and found is not getattr(Classifier, method, None)
+
+
+def supports(spec, classifier) -> bool:
+    """Whether explainer ``spec`` can explain ``classifier`` (an object or a plugin name).
+
+    An explainer lists the classifiers it is made for by name (``options["classifiers"]``), or the
+    methods it needs a classifier to have (``options["needs"]``, e.g. ``["input_grid",
+    "gradcam_layer"]``): then any classifier that declares them is supported, with no core edit.
+    """
+    options = spec.options or {}
+    plugin = classifier if isinstance(classifier, str) else getattr(classifier, "plugin_name", None)
+    names = list(options.get("classifiers") or [])
+    if names and plugin not in names:
+        return False
+    needs = list(options.get("needs") or [])
+    if needs:
+        cls = _classifier_class(classifier)
+        return all(_implements(cls, method) for method in needs)
+    return True
+
+
+def explainers_for(classifier) -> list[str]:
+    """Installed explainers that can explain ``classifier`` (a loaded classifier or a plugin name)."""
+    from steth_hub.registry import get_registry
+
+    return sorted({reg.spec.name for reg in get_registry().registrations("explainer") if supports(reg.spec, classifier)})
 
 
 def load_explainer(classifier, name: str | None = None) -> tuple[str, Any]:
-    """``(name, explainer object)`` for ``classifier``: the named one, or the default for its plugin."""
+    """``(name, explainer object)`` for ``classifier``: the named one, or the classifier's ``default_explainer``."""
     from steth_hub.registry import get_registry
 
     plugin = getattr(classifier, "plugin_name", None) or type(classifier).__name__
-    compatible = explainers_for(plugin)
+    compatible = explainers_for(classifier)
     if name is None:
-        default = DEFAULT_EXPLAINERS.get(plugin)
+        default = getattr(classifier, "default_explainer", None)
         if default in compatible:
             name = default
         elif compatible:
             name = compatible[0]
         else:
             raise PluginError(f"no installed explainer supports the {plugin!r} classifier",
-                              fix="use an ast or densenet201 model, or install an explainer plugin that "
-                                  "lists this classifier (steth plugins --kind explainer)")
+                              fix="implement input_grid() on the classifier (CONTRIBUTING.md), or install an "
+                                  "explainer plugin that supports it (steth plugins --kind explainer)")
     spec = get_registry().get("explainer", name)
-    supported = list((spec.options or {}).get("classifiers") or [])
-    if supported and plugin not in supported:
-        raise PluginError(f"explainer {name!r} supports {', '.join(supported)}, not the {plugin!r} classifier",
+    if not supports(spec, classifier):
+        options = spec.options or {}
+        wants = (", ".join(options.get("classifiers") or []) or
+                 "classifiers with " + " and ".join(f"{m}()" for m in options.get("needs") or []))
+        raise PluginError(f"explainer {name!r} supports {wants}, not the {plugin!r} classifier",
                           fix=f"use one of: {', '.join(compatible) or 'none installed'}")
     return name, spec.create()
 
@@ -171,7 +207,7 @@ def network_input(classifier, waveforms: np.ndarray):
     for needed in ("featurise", "normalise", "logits"):
         if not callable(getattr(classifier, needed, None)):
             raise PluginError(f"classifier {getattr(classifier, 'plugin_name', '?')!r} has no {needed}() method, "
-                              "so its input cannot be explained", fix="explain a torch classifier (ast, densenet201)")
+                              "so its input cannot be explained", fix="explain a torch classifier (steth_hub.train.TorchClassifier)")
     waveforms = np.asarray(waveforms, dtype=np.float32)
     if waveforms.ndim == 1:
         waveforms = waveforms[None, :]
@@ -580,8 +616,7 @@ def explain(source, model=None, explainer: str | None = None, sample_rate: int |
             (then ``sample_rate`` is needed).
         model: None (the embedded ``steth/ast-asthma``), a model folder or Hub name, or a loaded
             :class:`~steth_hub.classifier.Classifier`.
-        explainer: an explainer plugin name; default: the one for the model's classifier
-            (``integrated-gradients`` for ``ast``, ``gradcam`` for ``densenet201``).
+        explainer: an explainer plugin name; default: the classifier's ``default_explainer``.
         sample_rate: the array's sample rate.
         target: ``"decision"`` (default: explain the class decided at the threshold),
             ``"asthma"`` or ``"not_asthma"``.

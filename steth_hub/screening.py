@@ -189,9 +189,9 @@ class ScreeningPipeline:
         tops = [float(p["max_hz"]) for n, p in preset.steps if n == "bandlimit" and (p or {}).get("max_hz")]
         if preset.sample_rate:
             tops.append(preset.sample_rate / 2.0)
-        front_end = getattr(model, "front_end_rate", None)  # an AST front end at its own (lower) rate
-        if isinstance(front_end, (int, float)) and front_end > 0:
-            tops.append(front_end / 2.0)
+        band = model.band_hz() if callable(getattr(model, "band_hz", None)) else None  # the band the model reads
+        if band and isinstance(band[1], (int, float)) and band[1] > 0:
+            tops.append(float(band[1]))
         self.top_hz = min(tops) if tops else None
 
     @property

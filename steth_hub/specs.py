@@ -136,7 +136,9 @@ class GeneratorSpec(PluginSpec):
 class ExplainerSpec(PluginSpec):
     """An explainer. Its factory returns an object with
     ``explain(classifier, waveforms, target=1) -> steth_hub.explanation.ClipMaps``;
-    ``options["classifiers"]`` lists the classifier names it supports (empty: any)."""
+    ``options["classifiers"]`` lists the classifier names it is made for, or ``options["needs"]``
+    the classifier methods it relies on (``["input_grid"]``, ``["input_grid", "gradcam_layer"]``):
+    then every classifier that declares them is supported (neither: any classifier)."""
 
     kind: ClassVar[str] = "explainer"
 

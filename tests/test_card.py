@@ -286,15 +286,16 @@ def test_model_specific_limitations_and_the_front_end_note(model_dir):
     meta = json.loads((model_dir / "steth.json").read_text())
     text = render_card(model_dir)
     assert "front end works at" not in text  # not an AST
+    # what an AST declares about itself (ASTClassifier.card_facts, stored in steth.json)
     meta.update(plugin="ast", limitations=["**Device shortcut.** Scores follow the stethoscope.", "  "],
-                ast={"front_end": {"sampling_rate": 4000, "num_mel_bins": 64}})
+                card_facts={"library": "transformers", "front_end_rate": 4000, "front_end_bins": 64})
     (model_dir / "steth.json").write_text(json.dumps(meta))
     text = render_card(model_dir)
     limitations = text.split("## Limitations and biases")[1].split("## How to use")[0]
     assert "- **Device shortcut.** Scores follow the stethoscope." in limitations
     assert "\n-   \n" not in limitations and "\n- \n" not in limitations  # blank items dropped
     assert "front end works at 4000 Hz" in text and "torchaudio" in text
-    meta["ast"]["front_end"]["sampling_rate"] = 16000  # the usual AST front end: nothing to warn about
+    meta["card_facts"]["front_end_rate"] = 16000  # the usual AST front end: nothing to warn about
     (model_dir / "steth.json").write_text(json.dumps(meta))
     assert "front end works at" not in render_card(model_dir)
 
@@ -337,12 +338,13 @@ def test_card_shows_the_metrics_within_each_source(model_dir, real_evaluation):
 
 
 def test_card_edge_cases_from_hand_written_steth_json(model_dir):
-    """A single limitation string, whole epochs, buffers in the weights, an AST with no explicit front end."""
+    """A single limitation string, whole epochs, buffers in the weights, an AST whose front end runs at the clips' rate."""
     import numpy as np
     from safetensors.numpy import save_file
 
     meta = json.loads((model_dir / "steth.json").read_text())
-    meta.update(limitations="Relies on the device.", plugin="ast", sample_rate=8000)
+    meta.update(limitations="Relies on the device.", plugin="ast", sample_rate=8000,
+                card_facts={"library": "transformers", "front_end_rate": 8000})
     meta["training"]["epochs"] = 60.0
     (model_dir / "steth.json").write_text(json.dumps(meta))
     save_file({"coef": np.zeros((1, 80), np.float32), "intercept": np.zeros(1, np.float32),
@@ -353,5 +355,5 @@ def test_card_edge_cases_from_hand_written_steth_json(model_dir):
     assert "- Relies on the device." in text and "\n- R\n" not in text
     assert "60 epochs on the labels" in text and "60.0 epochs" not in text
     assert "| parameters | 81 |" in text  # coef + intercept; scalers and batch-norm statistics are not learnt
-    assert "front end works at 8000 Hz" in text  # the clips' rate, where the AST runs its front end
+    assert "front end works at 8000 Hz" in text
 

@@ -279,6 +279,36 @@ class ASTClassifier(TorchClassifier):
         """The pooled representation the classification head reads (the [CLS] and distillation tokens' mean)."""
         return net.audio_spectrogram_transformer(input_values=features).pooler_output
 
+    # -- what the core asks a classifier (explainers, cards, warnings) ------------
+    default_explainer = "integrated-gradients"
+
+    def input_grid(self, n_rows: int, n_cols: int):
+        """Centre Hz of each mel bin and centre s of each frame of the AST input (rows = bins)."""
+        from steth_builtin.grids import ast_grid
+
+        if self.net is None or n_rows != int(self.net.config.num_mel_bins):
+            raise ModelError(f"input has {n_rows} frequency rows, the AST {self.num_mel_bins} mel bins",
+                             fix="explain a trained AST")
+        frequencies, times = ast_grid(self, self.net.config)
+        return frequencies, times[:n_cols]
+
+    def attribution_region(self):
+        """Cells one input patch covers (frequency, time): the unit Integrated Gradients pools over."""
+        return int(self.net.config.frequency_stride), int(self.net.config.time_stride)
+
+    def band_hz(self):
+        from steth_builtin.grids import AST_MEL_MIN_HZ
+
+        return AST_MEL_MIN_HZ, self.front_end_rate / 2.0
+
+    def card_facts(self) -> dict:
+        n_params = int(sum(p.numel() for p in self.net.parameters())) if self.net is not None else None
+        return {"architecture": "Audio Spectrogram Transformer (transformers ASTForAudioClassification)",
+                "library": "transformers", "parameters": n_params, "front_end_rate": self.front_end_rate,
+                "front_end_bins": self.num_mel_bins,
+                "front_end": f"Kaldi-style log-mel filter banks, {self.num_mel_bins} bins, 400-sample windows every "
+                             f"160 samples at {self.front_end_rate} Hz"}
+
     # -- saving -----------------------------------------------------------------
     def feature_extractor(self):
         """An ``ASTFeatureExtractor`` that reproduces this model's input for transformers' pipeline."""

@@ -135,6 +135,31 @@ class DenseNetClassifier(TorchClassifier):
     def logits(self, net, features):
         return net(features)
 
+    # -- what the core asks a classifier (explainers, cards, warnings) ------------
+    default_explainer = "gradcam"
+
+    def input_grid(self, n_rows: int, n_cols: int):
+        """Centre Hz of each mel band and centre s of each frame of the multi-window log-mel image."""
+        from steth_builtin.grids import logmel_grid
+
+        return logmel_grid(self, n_rows, n_cols)
+
+    def gradcam_layer(self, net):
+        """The last convolutional feature map: DenseNet's ``features.norm5``, else timm's last ``feature_info``."""
+        from steth_builtin.gradcam import cnn_target_layer
+
+        return cnn_target_layer(net)
+
+    def band_hz(self):
+        extractor = self.extractor()
+        return float(extractor.f_min), float(extractor.f_max)
+
+    def card_facts(self) -> dict:
+        n_params = int(sum(p.numel() for p in self.net.parameters())) if self.net is not None else None
+        return {"architecture": f"timm {self.net_config.get('architecture', 'densenet201')} (random initialisation)",
+                "parameters": n_params,
+                "front_end": "multi-window log-mel (25, 100, 175 ms windows, 128 mel bands) as a 3-channel image"}
+
     # -- saving -----------------------------------------------------------------
     def _save_weights(self, directory: Path) -> None:
         self.net.save_pretrained(directory, config=dict(self.net_config, features=self.features_config))

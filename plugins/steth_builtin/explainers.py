@@ -1,8 +1,9 @@
 """Built-in explainers: registration only (importing this module imports nothing heavy).
 
-* ``integrated-gradients`` - Integrated Gradients via captum, on the model's input cells; the
-  default for ``ast``, works for ``densenet201`` too.
-* ``gradcam`` - Grad-CAM via pytorch-grad-cam at ``features.norm5``; the default for ``densenet201``.
+* ``integrated-gradients`` - Integrated Gradients via captum, on the model's input cells; any
+  classifier that declares its ``input_grid`` (the default of ``ast``).
+* ``gradcam`` - Grad-CAM via pytorch-grad-cam at the classifier's ``gradcam_layer`` (DenseNet's
+  ``features.norm5``, EfficientAT's last convolution); the default of ``densenet201`` and ``efficientat``.
 * ``attention`` - AST: gradient-weighted attention relevance over the patches (Chefer et al. 2021);
   one pass, cheaper, less reliable on the planted-tone test.
 
@@ -19,19 +20,19 @@ def register_explainers(register):
     """Register the built-in explainers."""
     register(ExplainerSpec(
         name="integrated-gradients",
-        summary="Integrated Gradients (captum) on the input spectrogram cells; default for ast",
+        summary="Integrated Gradients (captum) on the input spectrogram cells; any classifier with an input grid",
         factory="steth_builtin.integrated_gradients:IntegratedGradientsExplainer",
         requires=("torch", "captum"),
         extra="explain",
-        options={"classifiers": ["ast", "densenet201"]},
+        options={"needs": ["input_grid"]},
     ))
     register(ExplainerSpec(
         name="gradcam",
-        summary="Grad-CAM (pytorch-grad-cam) at DenseNet's features.norm5; default for densenet201",
+        summary="Grad-CAM (pytorch-grad-cam) at a CNN's last convolutional layer (the classifier's gradcam_layer)",
         factory="steth_builtin.gradcam:GradCAMExplainer",
         requires=("torch", "pytorch_grad_cam"),
         extra="explain",
-        options={"classifiers": ["densenet201"]},
+        options={"needs": ["input_grid", "gradcam_layer"]},
     ))
     register(ExplainerSpec(
         name="attention",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from steth_builtin.grids import is_ast, logmel_grid
+from steth_builtin.grids import to_input_grid
 from steth_hub.errors import PluginError
 from steth_hub.explanation import ClipMaps, evaluating, logits_module, network_input
 
@@ -83,20 +83,21 @@ class GradCAMExplainer:
         from pytorch_grad_cam import GradCAM
 
         net = getattr(classifier, "net", None)
-        if net is None or is_ast(net):
-            raise PluginError(f"gradcam explains CNN classifiers (densenet201), not {classifier.plugin_name!r}",
-                              fix="use the integrated-gradients or attention explainer for ast")
+        if net is None or not callable(getattr(classifier, "gradcam_layer", None)) and self.layer is None:
+            raise PluginError(f"gradcam explains CNN classifiers that name their last convolutional layer "
+                              f"(gradcam_layer), not {classifier.plugin_name!r}",
+                              fix="use the integrated-gradients explainer, or give --explainer-layer")
         features = network_input(classifier, waveforms)
         if features.ndim != 4:
             raise PluginError(f"Grad-CAM needs image-like features [N, C, F, T], got {tuple(features.shape)}",
                               fix="use a CNN classifier on spectrogram images")
-        layer = self.target_layer(net)
+        layer = self.target_layer(net) if self.layer is not None else classifier.gradcam_layer(net)
         with evaluating(net):
             cam = GradCAM(model=logits_module(classifier, net), target_layers=[layer])
             maps = self._run(cam, features, target)  # [N, F, T], upsampled by pytorch-grad-cam
-        frequencies, times = logmel_grid(classifier, maps.shape[1], maps.shape[2])
+        maps, frequencies, times = to_input_grid(classifier, net, maps[:, None])  # [N, 1, F, T]: one channel
         return ClipMaps(maps, frequencies, times, target="asthma" if target == 1 else "not_asthma",
-                        method=f"{self.method}, {self.layer or 'features.norm5'}")
+                        method=f"{self.method}, {self.layer or 'last convolutional layer'}")
 
     def _run(self, cam, features, target: int) -> np.ndarray:
         """Run a pytorch-grad-cam object batch by batch, then remove its hooks. (Its context

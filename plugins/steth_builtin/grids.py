@@ -5,6 +5,9 @@ needs the centre frequency of every row and the time of every column to place th
 spectrogram. They follow from the front end's settings, read from the classifier (never
 assumed):
 
+Each classifier answers ``input_grid(n_rows, n_cols)`` itself (``steth_hub.classifier.Classifier``);
+the helpers below are what the built-in ones use:
+
 * ``ast``: transformers' ``ASTFeatureExtractor`` (Kaldi-style filter banks): ``num_mel_bins``
   triangles evenly spaced on the Kaldi mel scale from 20 Hz to half the front end's sample rate
   (``front_end_rate``: the checkpoint's ``front_end.sampling_rate``, e.g. 4 kHz for the embedded
@@ -61,17 +64,24 @@ def logmel_grid(classifier, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.nd
 def to_input_grid(classifier, net, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-cell values shaped like the network input -> ``(maps [N, F, T], frequencies, times)``.
 
-    AST inputs ``[N, T, F]`` are transposed; image inputs ``[N, C, F, T]`` are summed over channels
-    (the three windows of one cell describe the same time and frequency).
+    Generic over classifiers: ``classifier.feature_axes`` says which input axes are time and
+    frequency, every other axis (the channels of an image input: three windows, or one) is summed,
+    and ``classifier.input_grid(F, T)`` says where the rows and columns lie in Hz and seconds.
     """
     values = np.asarray(values, dtype=np.float32)
-    if is_ast(net):
-        maps = np.transpose(values, (0, 2, 1))
-        frequencies, times = ast_grid(classifier, net.config)
-    elif values.ndim == 4:
-        maps = values.sum(axis=1)
-        frequencies, times = logmel_grid(classifier, maps.shape[1], maps.shape[2])
-    else:
-        raise PluginError(f"cannot place an input of shape {values.shape[1:]} on a time-frequency grid",
-                          fix="explain an ast or densenet201 classifier")
-    return maps, frequencies, times
+    axes = getattr(classifier, "feature_axes", None)
+    if not isinstance(axes, dict) or "time" not in axes or "freq" not in axes or values.ndim < 3:
+        raise PluginError(f"classifier {getattr(classifier, 'plugin_name', '?')!r} does not say which input axes are "
+                          "time and frequency", fix="set feature_axes = {'time': i, 'freq': j} on the classifier")
+    time_axis, freq_axis = axes["time"] % values.ndim, axes["freq"] % values.ndim
+    others = tuple(a for a in range(1, values.ndim) if a not in (time_axis, freq_axis))
+    maps = np.moveaxis(values, (freq_axis, time_axis), (-2, -1))
+    if others:
+        maps = maps.reshape(maps.shape[0], -1, maps.shape[-2], maps.shape[-1]).sum(axis=1)
+    try:
+        frequencies, times = classifier.input_grid(maps.shape[1], maps.shape[2])
+    except NotImplementedError as exc:
+        raise PluginError(f"classifier {getattr(classifier, 'plugin_name', '?')!r} does not say where its input "
+                          "cells lie in Hz and seconds", fix="implement input_grid(n_rows, n_cols) on the classifier "
+                          "(CONTRIBUTING.md)") from exc
+    return maps, np.asarray(frequencies, dtype=np.float64), np.asarray(times, dtype=np.float64)[:maps.shape[2]]

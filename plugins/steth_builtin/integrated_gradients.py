@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from steth_builtin.grids import is_ast, to_input_grid
+from steth_builtin.grids import to_input_grid
 from steth_hub.errors import PluginError
 from steth_hub.explanation import ClipMaps, evaluating, interp_matrix, logits_module, network_input
 
@@ -133,7 +133,8 @@ class IntegratedGradientsExplainer:
         values, _ = self.attributions(classifier, waveforms, target)
         net = classifier.net
         cells, frequencies, times = to_input_grid(classifier, net, values)
-        size = (int(net.config.frequency_stride), int(net.config.time_stride)) if is_ast(net) else CNN_REGION
+        region = getattr(classifier, "attribution_region", None)  # e.g. an AST's patch strides
+        size = tuple(region()) if callable(region) else CNN_REGION
         sums, rows, cols = region_sums(cells, size)
         maps = spread(np.maximum(sums, 0.0), rows, cols, cells.shape[1], cells.shape[2])
         return ClipMaps(maps, frequencies, times, target="asthma" if target == 1 else "not_asthma",
