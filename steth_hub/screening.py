@@ -124,11 +124,11 @@ def _load_light(name: str, runtime: str):
     import importlib.util
     import logging
 
-    from steth_hub.hub import resolve
+    from steth_hub.hub import EMBEDDED, resolve
     from steth_hub.runtime import OnnxClassifier, has_onnx_export
 
-    try:
-        folder = resolve(name)
+    try:  # the embedded model and local folders resolve without huggingface_hub
+        folder = EMBEDDED[name] if name in EMBEDDED and (EMBEDDED[name] / "steth.json").is_file() else resolve(name)
     except ImportError as exc:  # a Hub repo id needs huggingface_hub, which the screen extra lacks
         raise ModelError(f"{name!r} is a Hub repo id, and resolving it needs huggingface_hub ({exc})",
                          fix="pass a local model folder, or pip install huggingface_hub") from exc
