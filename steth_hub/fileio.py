@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -62,9 +64,13 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True or choose another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    owner = tmp / PARTIAL_OWNER
     try:
+        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         yield tmp
+        owner.unlink(missing_ok=True)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder normal permissions
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -76,6 +82,98 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+#: inside a ``.NAME.*.partial`` folder while it is being built: which process builds it
+PARTIAL_OWNER = ".steth-partial-owner"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def stale_partials(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """Leftovers of killed writes of ``path``: (``.NAME.*.partial`` folders whose writer is gone,
+    ``.NAME.*.old`` folders that may hold the previous version)."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return [], []
+    stale, old = [], []
+    host = socket.gethostname()
+    for item in sorted(parent.glob(f".{path.name}.*.partial")):
+        if not item.is_dir():
+            continue
+        try:
+            owner = json.loads((item / PARTIAL_OWNER).read_text())
+            gone = owner.get("host") == host and not _alive(int(owner["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            gone = True  # no owner record (a writer killed before writing it, or an older steth-hub)
+        if gone:
+            stale.append(item)
+    old = sorted(p for p in parent.glob(f".{path.name}.*.old") if p.is_dir())
+    return stale, old
+
+
+def clean_stale_partials(path: str | os.PathLike, *, quiet: bool = False) -> list[Path]:
+    """Remove the half-written ``.NAME.*.partial`` folders a killed run left beside ``path`` (and say so);
+    ``.NAME.*.old`` folders are reported, not removed (they may hold the previous version)."""
+    stale, old = stale_partials(path)
+    for item in stale:
+        shutil.rmtree(item, ignore_errors=True)
+        if not quiet:
+            print(f"note: removed {item}, a half-written copy of {Path(path).name} left by an interrupted run",
+                  file=sys.stderr)
+    for item in old:
+        if not quiet:
+            where = item / "previous"
+            print(f"warning: {item} is left from an interrupted replacement of {path}"
+                  + (f"; the previous version is in {where}" if where.exists() else "")
+                  + f" (remove it with: rm -rf '{item}')", file=sys.stderr)
+    return stale
+
+
+def check_output_folder(out: str | os.PathLike, inputs=(), *, markers=(), overwrite: bool = False,
+                        what: str = "output", error=None) -> Path:
+    """Refuse an ``--out`` that would destroy something; returns the resolved folder.
+
+    * an output that is, or contains, one of ``inputs`` is always refused (writing it would replace them);
+    * an existing file is refused;
+    * an existing non-empty folder is replaced only when it holds one of ``markers`` (a previous
+      output of the same kind: ``steth.json`` for a model...), or with ``overwrite=True``;
+    * half-written ``.NAME.*.partial`` copies left by a killed run are removed (and said so).
+
+    The one rule for every command that writes a folder (train, evaluate, preprocess, corpus import/merge).
+    ``error`` is the :class:`~steth_hub.errors.StethError` subclass raised (default ConfigError).
+    """
+    from steth_hub.errors import ConfigError
+
+    error = error or ConfigError
+    out_path = Path(out).expanduser().resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        item = Path(item).expanduser().resolve()
+        if item == out_path or out_path in item.parents:
+            raise error(f"the {what} folder {out_path} is, or contains, the input {item}; writing it would "
+                        "replace the input", path=out, fix=f"write the {what} to a new folder outside the inputs")
+    if out_path.exists():
+        if not out_path.is_dir():
+            raise error("exists and is not a folder", path=out, fix=f"choose a new folder for the {what}")
+        entries = [p for p in out_path.iterdir()]
+        if entries and not overwrite and not any((out_path / m).exists() for m in markers):
+            kind = f"a steth-hub {what}" if markers else "empty"
+            raise error(f"folder is not empty and is not {kind}; its {len(entries)} item(s) would be "
+                        "replaced", path=out,
+                        fix=f"choose a new or empty folder, or pass --overwrite to replace its contents")
+    clean_stale_partials(out_path)  # half-written copies a killed run left beside it
+    return out_path
 
 
 def read_yaml_or_json(path: str | os.PathLike, *, what: str = "config") -> Any:

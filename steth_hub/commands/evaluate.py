@@ -37,8 +37,12 @@ import click
               help="With --compare: also write the table to this file.")
 @click.option("--level", type=click.Choice(["patient", "recording", "clip"]), default="patient", show_default=True,
               help="With --compare: the level of the table.")
+@click.option("--overwrite", is_flag=True,
+              help="Write into OUT even if it is a non-empty folder that is not a steth-hub evaluation "
+                   "(never allowed when OUT is or contains the corpus or a config).")
 @click.argument("reports", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-def evaluate(configs, corpus, out, folds, no_baseline, n_bootstrap, seed, quick, compare, to, level, reports) -> None:
+def evaluate(configs, corpus, out, folds, no_baseline, n_bootstrap, seed, quick, compare, to, level, overwrite,
+             reports) -> None:
     """Patient-grouped cross-validation of a classifier, beside the MFCC baseline, with 95% intervals.
 
     Each fold's model is trained on the other folds' patients; its threshold (max Youden's J)
@@ -60,6 +64,15 @@ def evaluate(configs, corpus, out, folds, no_baseline, n_bootstrap, seed, quick,
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
         raise click.UsageError(f"two configs share a name ({', '.join(names)}); each run needs its own folder")
+    from steth_hub.fileio import check_output_folder
+
+    # before hours of training: OUT may not be an input nor a folder of someone else's files
+    markers = (REPORT_FILE, "comparison.md", "folds")
+    check_output_folder(out, [corpus, *configs], markers=markers, overwrite=overwrite, what="evaluation")
+    if len(experiments) > 1:
+        for experiment in experiments:
+            check_output_folder(out / experiment.name, [corpus, *configs], markers=markers, overwrite=overwrite,
+                                what="evaluation")
     runs = []
     for experiment in experiments:
         run_dir = out if len(experiments) == 1 else out / experiment.name

@@ -46,9 +46,12 @@ def format_summary(clips, skipped: list[dict], *, reused: bool, saved_to: str | 
 @click.option("--list-presets", is_flag=True, help="List the built-in presets and exit.")
 @click.option("--show-preset", "show", is_flag=True, help="Print the preset with all parameters and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out even if it is a non-empty folder that is not a steth-hub clip set "
+                   "(never allowed when it is or contains the corpus).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def preprocess(corpus: str | None, preset: str | None, out: str | None, no_save: bool, refresh: bool,
-               list_presets: bool, show: bool, as_json: bool, quiet: bool) -> None:
+               list_presets: bool, show: bool, as_json: bool, overwrite: bool, quiet: bool) -> None:
     """Cut the recordings of CORPUS into clean, normalised clips with a preset.
 
     Recordings a step rejects (too short, clipped, ...) are skipped and listed; the rest go on.
@@ -67,6 +70,11 @@ def preprocess(corpus: str | None, preset: str | None, out: str | None, no_save:
         return
     if corpus is None:
         raise click.UsageError("give a CORPUS folder (or --list-presets / --show-preset)")
+    if out is not None and not no_save:  # the clips replace --out: never the corpus, nor someone else's folder
+        from steth_hub.clips import CLIPSET_INDEX
+        from steth_hub.fileio import check_output_folder
+
+        check_output_folder(out, [corpus], markers=(CLIPSET_INDEX,), overwrite=overwrite, what="clip set")
     if not as_json:
         click.echo(chosen.describe("[default]" if preset is None else ""))
     if no_save:

@@ -64,22 +64,12 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def check_destination(out: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+def check_destination(out: str | Path, inputs: Sequence[str | Path] = (), *, overwrite: bool = False) -> Path:
     """Refuse an OUT that would destroy something: a non-empty folder that is not a corpus, a file,
-    or a folder that is (or holds) one of the inputs."""
-    out = Path(out).resolve()
-    for item in inputs:
-        item = Path(item).resolve()
-        if item == out or out in item.parents:
-            raise CorpusError(f"the output folder {out} is, or contains, the input {item}", path=out,
-                              fix="write the corpus to a new folder outside the recordings")
-    if out.exists():
-        if not out.is_dir():
-            raise CorpusError("exists and is not a folder", path=out, fix="choose a new folder for the corpus")
-        if any(out.iterdir()) and not (out / MARKER).is_file():
-            raise CorpusError("folder is not empty and is not a steth-hub corpus; it will not be replaced",
-                              path=out, fix="choose a new or empty folder (an existing corpus is replaced)")
-    return out
+    or a folder that is (or holds) one of the inputs (the rule of :func:`steth_hub.fileio.check_output_folder`)."""
+    from steth_hub.fileio import check_output_folder
+
+    return check_output_folder(out, inputs, markers=(MARKER,), overwrite=overwrite, what="corpus", error=CorpusError)
 
 
 def write_corpus(out: str | Path, entries: Sequence[Entry], *, splits: dict, qc: dict, info: dict) -> Path:
