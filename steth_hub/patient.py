@@ -265,7 +265,7 @@ def _audio_sha256(path: str) -> str | None:
 
 def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Mapping], model=None, *,
                    patient: str | PatientFacts = "patient", sex: Any = None, age: Any = None,
-                   progress: bool = False) -> PatientResult:
+                   progress: bool = False, check=None) -> PatientResult:
     """Screen all of one patient's recordings and give one patient-level result.
 
     Args:
@@ -274,6 +274,8 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
         patient: the patient's identifier (or :class:`PatientFacts`).
         sex, age: patient facts (shown, never model inputs); ignored when ``patient`` is PatientFacts.
         progress: show a progress bar.
+        check: optional ``check(path)`` run before a recording is read (e.g. the demo's size and
+            length limits); a :class:`~steth_hub.errors.StethError` it raises rejects that recording.
 
     Returns:
         A :class:`PatientResult`. A recording that cannot be screened is listed in ``rejected``.
@@ -300,6 +302,13 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
     to_screen: list[int] = []
     seen: dict[str, str] = {}
     for i, item in enumerate(inputs):
+        if check is not None:
+            try:
+                check(item.path)
+            except StethError as exc:
+                rejected.append(RejectedRecording(ids[i], meta[i]["site"], meta[i]["filter"], meta[i]["sha256"],
+                                                  exc.code, _no_path(exc.message, item.path), exc.fix))
+                continue
         key = _audio_sha256(item.path) if os.path.isfile(item.path) else None
         if key is not None and key in seen:
             rejected.append(RejectedRecording(
