@@ -341,8 +341,11 @@ class ASTClassifier(TorchClassifier):
             raise ModelError("no model.safetensors in the AST folder", path=directory,
                              fix="save the model again with save_pretrained (weights are safetensors only)")
         with _no_weight_loading_bar():
-            net = ASTForAudioClassification.from_pretrained(str(directory), local_files_only=True,
-                                                            use_safetensors=True)
+            net, info = ASTForAudioClassification.from_pretrained(str(directory), local_files_only=True,
+                                                                  use_safetensors=True, output_loading_info=True)
+        from steth_hub.classifier import check_loading_info  # strict: never a silently re-initialised tensor
+
+        check_loading_info(directory, info)
         net.eval()
         own = metadata.get("ast") or {}
         mean, std = own.get("mean"), own.get("std")
