@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +22,20 @@ def test_quick_start_has_two_commands_run_main_job_and_tests():
     main_job, tests = commands
     assert "steth screen" in main_job and "pip install" in main_job
     assert "pytest" in tests and "pip install" in tests
+
+
+def test_main_job_uses_the_light_install_and_tests_the_full_one():
+    """Screening needs only the screen extra (no torch); the tests install everything (tests/test_screen_extra.py
+    checks that the screen extra alone screens the shipped examples)."""
+    main_job, tests = quick_start_commands()
+    assert "'.[screen]'" in main_job and "train" not in main_job and "dev" not in main_job
+    assert "'.[dev]'" in tests
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not any(dep.split(">")[0].split("=")[0].strip() in {"torch", "transformers", "datasets"}
+                   for dep in extras["screen"])
+    assert any(dep.startswith("onnxruntime") for dep in extras["screen"])
 
 
 def test_ci_runs_the_readmes_test_command():
