@@ -79,9 +79,11 @@ EXTRA_KEYS = {
     "pretrain",                 # {epochs, learning_rate, weight_decay}: self-supervised warm start (see pretrain_statistics)
     "freeze_encoder",           # true: the Trainer trains the classification head only (after pretrain)
     "encoder_lr_scale",         # the encoder's learning rate = this x learning_rate (needs encoder_parameters)
+    "distill",                  # {teacher: experiment config, alpha, copies, noise_snr_db, gain_db}: see distillation_set
 }
 
 PRETRAIN_KEYS = {"epochs", "learning_rate", "weight_decay", "batch_size"}
+DISTILL_KEYS = {"teacher", "alpha", "copies", "noise_snr_db", "gain_db"}
 
 #: TrainingArguments we set ourselves; a recipe may not override them
 MANAGED_KEYS = {"output_dir", "use_cpu", "report_to", "remove_unused_columns", "label_names",
@@ -152,6 +154,13 @@ def check_recipe(recipe: dict, *, source: str | None = None) -> dict:
     if augment.get("shift_mode", "roll") not in SHIFT_MODES:
         raise ConfigError(f"augment shift_mode {augment['shift_mode']!r} is not one of {', '.join(SHIFT_MODES)}",
                           path=source, fix="use shift_mode: pad (no wrap-around seam) or roll")
+    distill = recipe.get("distill")
+    if distill is not None and (not isinstance(distill, dict) or set(distill) - DISTILL_KEYS
+                                or not isinstance(distill.get("teacher"), (str, dict))
+                                or not 0.0 <= float(distill.get("alpha", 0.0)) <= 1.0):
+        raise ConfigError(f"bad 'distill' setting {distill!r}", path=source,
+                          fix="use distill: {teacher: configs/efficientat-asthma.yaml} (optional: alpha in [0, 1], "
+                              "copies, noise_snr_db, gain_db)")
     pretrain = recipe.get("pretrain") or {}
     if not isinstance(pretrain, dict) or set(pretrain) - PRETRAIN_KEYS:
         raise ConfigError(f"bad 'pretrain' setting {pretrain!r}", path=source,
@@ -334,7 +343,7 @@ def cached_features(classifier, waveforms, sample_rate: int):
 
 
 # --------------------------------------------------------------------------- augmentation
-def augment_batch(x, y, axes: dict, settings: dict, num_classes: int = 2):
+def augment_batch(x, y, axes: dict, settings: dict, num_classes: int = 2, targets=None):
     """Augment a batch of normalised features; returns (features, soft targets [N, num_classes]).
 
     * ``time_mask`` / ``freq_mask``: the widest mask (in frames / bins); ``time_masks`` and
@@ -352,7 +361,8 @@ def augment_batch(x, y, axes: dict, settings: dict, num_classes: int = 2):
 
     x = x.clone()
     n = x.shape[0]
-    targets = torch.nn.functional.one_hot(y.long(), num_classes).to(x.dtype)
+    if targets is None:  # else soft targets given (distillation), mixed by mixup like one-hot ones
+        targets = torch.nn.functional.one_hot(y.long(), num_classes).to(x.dtype)
     time_axis, freq_axis = axes["time"] % x.dim(), axes["freq"] % x.dim()
     length, bins = x.shape[time_axis], x.shape[freq_axis]
 
@@ -470,15 +480,17 @@ def _torch_parts():
     class FeatureDataset(torch.utils.data.Dataset):
         """Precomputed, normalised features and labels, served as Trainer batches."""
 
-        def __init__(self, features, labels):
+        def __init__(self, features, labels, soft=None):
             self.features = features
             self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+            # a teacher's P(asthma) per clip (distillation), else the labels themselves
+            self.soft = torch.as_tensor(np.asarray(labels if soft is None else soft), dtype=torch.float32)
 
         def __len__(self):
             return len(self.labels)
 
         def __getitem__(self, i):
-            return {"features": self.features[i], "labels": self.labels[i]}
+            return {"features": self.features[i], "labels": self.labels[i], "soft": self.soft[i]}
 
     class LogitsModel(torch.nn.Module):
         """Wraps the classifier's network so the Trainer sees ``forward(features) -> {"logits"}``."""
@@ -497,8 +509,9 @@ def _torch_parts():
         loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
         def __init__(self, *args, class_weights=None, augment=None, axes=None, smoothing=0.0,
-                     encoder_lr_scale=None, **kwargs):
+                     encoder_lr_scale=None, distill_alpha=None, **kwargs):
             super().__init__(*args, **kwargs)
+            self._distill_alpha = None if distill_alpha is None else float(distill_alpha)
             self._encoder_lr_scale = None if encoder_lr_scale is None else float(encoder_lr_scale)
             # our loss replaces Trainer's, so the recipe's label_smoothing_factor is applied here (soft targets)
             self._smoothing = float(smoothing or 0.0)
@@ -526,10 +539,17 @@ def _torch_parts():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             x, y = inputs["features"], inputs["labels"]
-            if model.training and self._augment:
-                x, targets = augment_batch(x, y, self._axes, self._augment)
+            soft = inputs.get("soft")
+            if model.training and self._distill_alpha is not None and soft is not None:
+                # distillation: alpha x the label + (1 - alpha) x the teacher's probability
+                q = self._distill_alpha * y.to(x.dtype) + (1.0 - self._distill_alpha) * soft.to(x.dtype)
+                hard = torch.stack([1.0 - q, q], dim=-1)
             else:
-                targets = torch.nn.functional.one_hot(y.long(), 2).to(x.dtype)
+                hard = None
+            if model.training and self._augment:
+                x, targets = augment_batch(x, y, self._axes, self._augment, targets=hard)
+            else:
+                targets = hard if hard is not None else torch.nn.functional.one_hot(y.long(), 2).to(x.dtype)
             if model.training and self._smoothing > 0:
                 targets = targets * (1.0 - self._smoothing) + self._smoothing / targets.shape[-1]
             outputs = model(features=x)
@@ -665,8 +685,64 @@ def training_arguments(recipe: dict, out_dir: Path, *, has_valid: bool, cuda: bo
     return TrainingArguments(**kwargs), notes
 
 
+def augmented_copies(waveforms: np.ndarray, copies: int, *, noise_snr_db=(30.0, 50.0), gain_db: float = 6.0,
+                     seed: int = 0) -> np.ndarray:
+    """``copies`` altered versions of each clip: a random gain of up to +-``gain_db`` dB and white noise at
+    a random SNR in ``noise_snr_db`` (dB below the clip's power). ``[copies * N, S]``, float32."""
+    rng = np.random.default_rng(int(seed))
+    x = np.asarray(waveforms, dtype=np.float32)
+    out = []
+    low, high = (float(noise_snr_db[0]), float(noise_snr_db[1])) if isinstance(noise_snr_db, (list, tuple)) \
+        else (float(noise_snr_db), float(noise_snr_db))
+    for _ in range(int(copies)):
+        power = np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True) + 1e-12
+        snr = rng.uniform(low, high, size=(len(x), 1))
+        noise = rng.standard_normal(x.shape) * np.sqrt(power / 10.0 ** (snr / 10.0))
+        gain = 10.0 ** (rng.uniform(-gain_db, gain_db, size=(len(x), 1)) / 20.0)
+        out.append(((x + noise) * gain).astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0,) + x.shape[1:], np.float32)
+
+
+def distillation_set(settings: dict, train, valid=None, *, seed: int = 42, out_dir=None):
+    """Teach from a teacher: ``(training clips with augmented copies, the teacher's P(asthma) per clip, summary)``.
+
+    The teacher (``settings["teacher"]``: an experiment config path or dict, e.g. the pretrained
+    encoder's ``configs/efficientat-asthma.yaml``) is trained here on ``train`` (``valid`` for its
+    early stopping and threshold) and on nothing else: inside a cross-validation fold it sees that
+    fold's training patients only, so the student's evaluation stays honest. It then scores the
+    training clips and ``copies`` augmented versions of each (gain, low-level noise); the student
+    learns from ``alpha`` x label + (1 - alpha) x teacher probability. A copy keeps its clip's
+    recording and patient.
+    """
+    import tempfile
+
+    from steth_hub.clips import ClipSet
+    from steth_hub.experiment import load_experiment
+    from steth_hub.registry import get_registry
+
+    teacher_exp = load_experiment(settings["teacher"])
+    teacher = get_registry().get("classifier", teacher_exp.classifier).load().from_config(dict(teacher_exp.model))
+    started = time.perf_counter()
+    work = Path(out_dir) / "teacher" if out_dir is not None else Path(tempfile.mkdtemp(prefix="steth-teacher-"))
+    teacher_recipe = dict(teacher_exp.recipe, seed=int(seed), disable_tqdm=True)
+    teacher.fit(train, valid, teacher_recipe, work)
+    copies = int(settings.get("copies", 2))
+    extra = augmented_copies(train.waveforms, copies, noise_snr_db=settings.get("noise_snr_db", (30.0, 50.0)),
+                             gain_db=float(settings.get("gain_db", 6.0)), seed=seed)
+    waveforms = np.concatenate([train.waveforms, extra])
+    reps = copies + 1
+    augmented = ClipSet(waveforms=waveforms, sample_rate=train.sample_rate, labels=np.tile(train.labels, reps),
+                        recording_ids=np.tile(train.recording_ids, reps), patient_ids=np.tile(train.patient_ids, reps),
+                        starts=np.tile(train.starts, reps), meta=dict(train.meta))
+    soft = np.asarray(teacher.predict_proba(waveforms), dtype=np.float32)
+    summary = {"teacher": teacher_exp.name, "teacher_classifier": teacher_exp.classifier, "copies": copies,
+               "alpha": float(settings.get("alpha", 0.0)), "teacher_seconds": round(time.perf_counter() - started, 3),
+               "n_clips": int(len(waveforms))}
+    return augmented, soft, summary
+
+
 def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir: str | os.PathLike | None = None,
-              *, callbacks: list | None = None) -> dict:
+              *, callbacks: list | None = None, soft_targets=None) -> dict:
     """Train ``classifier`` on ``train`` (a ClipSet) with ``recipe``; checkpoints go to ``out_dir``.
 
     Returns a history: the Trainer's log, steps and epochs run, whether it stopped early or
@@ -734,12 +810,13 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         cbs.append(EarlyStoppingCallback(early_stopping_patience=int(recipe["early_stopping_patience"]),
                                          early_stopping_threshold=float(recipe.get("early_stopping_threshold") or 0.0)))
     trainer = WeightedTrainer(
-        model=model, args=args, train_dataset=FeatureDataset(train_x, train.labels),
+        model=model, args=args, train_dataset=FeatureDataset(train_x, train.labels, soft_targets),
         eval_dataset=FeatureDataset(valid_x, valid.labels) if valid_x is not None else None,
         compute_metrics=_compute_metrics if valid_x is not None else None, callbacks=cbs,
         class_weights=weights, augment=recipe.get("augment") or {}, axes=classifier.feature_axes,
         smoothing=float(recipe.get("label_smoothing_factor") or 0.0),
         encoder_lr_scale=recipe.get("encoder_lr_scale"),
+        distill_alpha=(float((recipe.get("distill") or {}).get("alpha", 0.0)) if soft_targets is not None else None),
     )
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -817,7 +894,16 @@ class TorchClassifier(Classifier):
         """Train with the shared Trainer loop (see :func:`fit_torch`); records what it was trained on."""
         if int(train.sample_rate) != self.sample_rate:
             self.sample_rate = int(train.sample_rate)
+        distilled = None
+        if (recipe or {}).get("distill"):  # a teacher trained on these clips only (see distillation_set)
+            checked = check_recipe(recipe)
+            train, soft, distilled = distillation_set(checked["distill"], train, valid, seed=int(checked["seed"]),
+                                                      out_dir=out_dir)
+            kwargs["soft_targets"] = soft
         history = fit_torch(self, train, valid, recipe, out_dir, **kwargs)
+        if distilled is not None:
+            history["distillation"] = distilled
+            self.metadata.setdefault("training", {})["distillation"] = distilled
         self.metadata.setdefault("training", {}).update({
             "n_clips": int(len(train)),
             "clips_by_label": {"not_asthma": int((train.labels == 0).sum()), "asthma": int((train.labels == 1).sum())},

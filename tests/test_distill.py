@@ -1,0 +1,81 @@
+"""Knowledge distillation in the Trainer loop: a teacher trained on the student's clips only, soft targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from steth_hub.clips import ClipSet
+from steth_hub.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clips() -> ClipSet:
+    from steth_hub.errors import RecordingRejected
+    from steth_hub.preprocess import Preprocessor
+
+    pre, sets = Preprocessor("excerpt-10s"), []
+    for path in sorted((REPO / "steth_hub" / "examples").glob("*/*.wav")):
+        try:
+            cut = pre.run(path, path.stem)
+        except RecordingRejected:
+            continue
+        label = 1 if "asthma" in path.name.split(",")[0].lower() else 0
+        sets.append(ClipSet.from_clips(cut, [label] * len(cut), [path.stem.split("_")[0]] * len(cut)))
+    return ClipSet.concatenate(sets)
+
+
+TEACHER = {"name": "teacher", "classifier": "mfcc-logreg", "model": {}, "preset": "excerpt-10s", "recipe": {}}
+
+
+def test_augmented_copies_keep_shape_and_are_quiet():
+    from steth_hub.train import augmented_copies
+
+    x = np.random.default_rng(0).standard_normal((3, 8000)).astype(np.float32)
+    out = augmented_copies(x, 2, noise_snr_db=(40.0, 40.0), gain_db=0.0, seed=1)
+    assert out.shape == (6, 8000) and out.dtype == np.float32
+    residual = out[:3] - x
+    snr = 10 * np.log10(np.mean(x ** 2) / np.mean(residual ** 2))
+    assert 38 < snr < 42
+    assert not np.array_equal(out[:3], out[3:])  # two different copies
+
+
+def test_distillation_set_trains_the_teacher_on_the_given_clips_only(clips, tmp_path):
+    from steth_hub.train import distillation_set
+
+    train = clips.for_patients(sorted(set(clips.patient_ids))[:-1])
+    augmented, soft, summary = distillation_set({"teacher": TEACHER, "copies": 2}, train, seed=3, out_dir=tmp_path)
+    assert len(augmented) == len(soft) == 3 * len(train) and summary["copies"] == 2
+    assert set(augmented.patient_ids) == set(train.patient_ids)  # no held-out patient, no new ids
+    assert np.all((soft > 0) & (soft < 1))
+    # the teacher learnt these clips: higher P(asthma) on the asthma ones
+    assert soft[augmented.labels == 1].mean() > soft[augmented.labels == 0].mean()
+
+
+def test_a_student_learns_from_soft_targets(clips, tmp_path):
+    from steth_hub.registry import get_registry
+
+    student = get_registry().get("classifier", "ast").load().from_config(
+        {"size": "tiny", "front_end": {"sampling_rate": 4000, "num_mel_bins": 64}, "frequency_stride": 8,
+         "time_stride": 8})
+    recipe = {"num_train_epochs": 2, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+              "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 100, "seed": 0, "disable_tqdm": True,
+              "distill": {"teacher": TEACHER, "alpha": 0.3, "copies": 1}}
+    history = student.fit(clips, recipe=recipe, out_dir=tmp_path)
+    assert history["distillation"]["teacher_classifier"] == "mfcc-logreg"
+    assert history["n_train_clips"] == 2 * len(clips)
+    assert student.metadata["training"]["distillation"]["alpha"] == 0.3
+    assert np.isfinite(student.predict_proba(clips.waveforms)).all()
+
+
+def test_bad_distill_settings_are_refused_before_training():
+    from steth_hub.train import check_recipe
+
+    for bad in ({"teacher": 3}, {"teacher": "x.yaml", "alpha": 2}, {"teacher": "x.yaml", "temperature": 2}):
+        with pytest.raises(ConfigError, match="bad 'distill' setting"):
+            check_recipe({"distill": bad})
