@@ -67,6 +67,8 @@ def patients_from_options(files, patient, manifest, sex, age) -> list:
     if manifest is not None:
         if files:
             raise click.UsageError("give recordings either as FILES with --patient or in --manifest, not both")
+        if sex is not None or age is not None:
+            raise click.UsageError("with --manifest, give sex and age in its sex and age columns")
         entries = read_manifest(manifest)
         if patient is not None:
             entries = [e for e in entries if e.facts.patient_id == patient]
