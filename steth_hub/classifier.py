@@ -368,6 +368,8 @@ def self_check(model: "Classifier", directory: str | os.PathLike) -> None:
     """Score one clip of seeded quiet noise right after loading: a model whose configuration does not
     fit its weights or front end (a missing plugin block, a wrong rate) fails here, blamed on the model
     folder, not later on a user's recording."""
+    from steth_hub.errors import StethError
+
     seconds = float((model.preset or {}).get("clip_seconds") or 5.0)
     rate = int(model.sample_rate)
     noise = np.random.default_rng(0).standard_normal((1, max(1, int(round(seconds * rate))))).astype(np.float32)
