@@ -170,18 +170,26 @@ class MFCCLogReg(Classifier):
         except Exception as exc:  # OSError, JSON errors, safetensors' own SafetensorError
             raise ModelError(f"cannot read the MFCC baseline ({type(exc).__name__}: {exc})", path=directory,
                              fix="re-save the model with save_pretrained") from exc
-        missing = {"scaler_mean", "scaler_scale", "coef", "intercept"} - set(tensors)
-        if missing:
-            raise ModelError(f"{WEIGHTS_FILE} lacks {', '.join(sorted(missing))}", path=directory,
-                             fix="re-save the model with save_pretrained")
         model = cls(config, sample_rate=metadata.get("sample_rate", 16000))
+        # strict: every array present, none unexpected, each of the length the config's features have
+        n = model.config["n_mfcc"] * (3 if model.config["deltas"] else 1) * 2
+        expected = {"scaler_mean": (n,), "scaler_scale": (n,), "coef": (n,), "intercept": (1,)}
+        problems = [f"missing {k}" for k in sorted(set(expected) - set(tensors))]
+        problems += [f"unexpected {k}" for k in sorted(set(tensors) - set(expected))]
+        problems += [f"{k} has shape {tuple(tensors[k].shape)}, the config needs {shape}"
+                     for k, shape in expected.items() if k in tensors and tuple(tensors[k].shape) != shape]
+        problems += [f"{k} holds NaN or infinite values" for k in sorted(set(expected) & set(tensors))
+                     if not np.isfinite(tensors[k]).all()]
+        if problems:
+            raise ModelError(f"{WEIGHTS_FILE} does not match {CONFIG_FILE}: " + "; ".join(problems), path=directory,
+                             fix="the folder is damaged or mixes two models: re-save the model with save_pretrained")
+        if np.any(tensors["scaler_scale"] <= 0):
+            raise ModelError(f"{WEIGHTS_FILE}: scaler_scale has values at or below 0", path=directory,
+                             fix="re-save the model with save_pretrained")
         model.mean_ = tensors["scaler_mean"]
         model.scale_ = tensors["scaler_scale"]
         model.coef_ = tensors["coef"]
         model.intercept_ = float(tensors["intercept"][0])
-        if not (model.mean_.shape == model.scale_.shape == model.coef_.shape):
-            raise ModelError("the MFCC baseline's arrays differ in length", path=directory,
-                             fix="re-save the model with save_pretrained")
         return model
 
 
