@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "card": ("hub", "card", "Regenerate a model card from a model's evaluation."),
     "push": ("hub", "push", "Publish a model folder to the Hugging Face Hub."),
     "demo": ("demo", "demo", "Launch the Gradio demo locally."),
+    "federated": ("federated", "federated", "Federated training with Flower: partition, run, clinic."),
     "convert": ("convert", "convert", "Convert a third-party PyTorch state dict (.pt) to safetensors, safely."),
 }
 
