@@ -115,3 +115,83 @@ def test_manifest_bad_rows_are_skipped_with_reasons(tmp_path, clinic):
     assert any("'COPD'" in s["reason"] and "not asthma" in s["reason"] for s in mislabelled)
     assert all(s["fix"] for s in report.skipped)
     assert report.qc["counts"]["imported"] == 4
+
+
+# --------------------------------------------------------------------------- issue 13: no silent wrong data
+GOOD_ROWS = "day1/a.wav,p1,asthma\nday1/b.wav,p2,asthma\nday2/c.wav,p3,N\nday2/d.wav,p4,N\n"
+
+
+@pytest.mark.parametrize("value", ["Astma", "asthma?", "Asthma + COPDD", "ashtma"])
+def test_an_unknown_diagnosis_is_an_error_listing_the_known_ones(tmp_path, clinic, value):
+    _write(clinic / "manifest.csv", "path,patient_id,diagnosis\n" + GOOD_ROWS + f'day2/e.wav,p5,"{value}"\n')
+    with pytest.raises(CorpusError, match="unknown diagnosis") as info:
+        import_corpus("manifest", clinic, tmp_path / "out", n_folds=2, progress=False)
+    text = str(info.value)
+    assert "line 6" in text and "known: " in text and "asthma" in text and "--map-diagnosis" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_explicit_mapping_admits_a_misspelt_or_new_diagnosis(tmp_path, clinic):
+    from steth_hub.cli import main
+    from click.testing import CliRunner
+
+    _write(clinic / "manifest.csv", "path,patient_id,diagnosis\n" + GOOD_ROWS.replace("p1,asthma", "p1,Astma")
+           + "day2/e.wav,p5,asthma?\n")
+    result = CliRunner().invoke(main, ["corpus", "import", "manifest", str(clinic), str(tmp_path / "out"),
+                                       "--folds", "2", "--quiet", "--map-diagnosis", "Astma=asthma",
+                                       "--map-diagnosis", "asthma?=asthma"])
+    assert result.exit_code == 0, result.output
+    rows = {r["recording_id"]: r for r in load_corpus(tmp_path / "out").rows()}
+    assert rows["manifest:day1/a"]["label"] == 1 and rows["manifest:day1/a"]["diagnosis_normalised"] == "asthma"
+    assert rows["manifest:day2/e"]["label"] == 1
+
+
+@pytest.mark.parametrize("where", ["../outside.wav", "ABSOLUTE", "day1/../../outside.wav", "LINK"])
+def test_paths_outside_the_source_folder_are_refused_unless_allowed(tmp_path, clinic, where):
+    outside = tmp_path / "outside.wav"
+    shutil.copy(clinic / "day2" / "e.wav", outside)
+    if where == "ABSOLUTE":
+        where = str(outside)
+    if where == "LINK":  # a symlink inside SRC pointing out of it
+        (clinic / "link.wav").symlink_to(outside)
+        where = "link.wav"
+    _write(clinic / "manifest.csv", "path,patient_id,diagnosis\n" + GOOD_ROWS + f"{where},p5,copd\n")
+    with pytest.raises(CorpusError, match="outside the source folder") as info:
+        import_corpus("manifest", clinic, tmp_path / "out", n_folds=2, progress=False)
+    assert "--allow-outside-paths" in str(info.value)
+    report = import_corpus("manifest", clinic, tmp_path / "out", n_folds=2, progress=False, allow_outside=True)
+    assert report.qc["counts"]["imported"] == 5
+
+
+def test_etc_passwd_is_never_opened(tmp_path, clinic, monkeypatch):
+    import builtins
+
+    opened = []
+    real_open = builtins.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    _write(clinic / "manifest.csv", "path,patient_id,diagnosis\n" + GOOD_ROWS + "/etc/passwd,p5,copd\n")
+    monkeypatch.setattr(builtins, "open", spy)
+    with pytest.raises(CorpusError, match="outside the source folder"):
+        import_corpus("manifest", clinic, tmp_path / "out", n_folds=2, progress=False)
+    assert "/etc/passwd" not in opened
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("path,patient_id,diagnosis\nday1/a.wav,p1,Asthme\u00e9\n".encode("latin-1"), "not UTF-8"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary"),
+    (("path,patient_id,diagnosis\nday1/a.wav,p1,\"" + "x" * 200_000 + "\"\n").encode(), "not valid CSV"),
+])
+def test_a_manifest_that_is_not_csv_text_is_a_clear_error(tmp_path, clinic, content, reason):
+    (clinic / "manifest.csv").write_bytes(content)
+    with pytest.raises(CorpusError, match=reason) as info:
+        import_corpus("manifest", clinic, tmp_path / "out", n_folds=2, progress=False)
+    assert "manifest.csv" in str(info.value) and "fix:" in str(info.value)
+
+
+def test_the_manifest_options_are_refused_for_other_importers(tmp_path, examples_dir):
+    with pytest.raises(CorpusError, match="for the manifest importer"):
+        import_corpus("kauh", examples_dir / "kauh", tmp_path / "out", diagnosis_map=["a=b"], progress=False)

@@ -30,8 +30,16 @@ def corpus() -> None:
               help="CSV manifest (manifest importer; default SRC/manifest.csv).")
 @click.option("--folds", "n_folds", type=int, default=5, show_default=True, help="Patient-level folds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--map-diagnosis", "diagnosis_map", multiple=True, metavar="OLD=NEW",
+              help="Manifest importer: read diagnosis OLD as NEW (repeatable), e.g. 'Astma=asthma'. Unknown "
+                   "diagnoses are otherwise an error, never silently 'not asthma'.")
+@click.option("--allow-outside-paths", "allow_outside", is_flag=True,
+              help="Manifest importer: accept paths that lead outside SRC (absolute, ../..).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT even if it is a non-empty folder that is not a corpus (never one holding SRC).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary (errors still print).")
-def import_(kind: str, src: str, out: str, manifest: str | None, n_folds: int, seed: int, quiet: bool) -> None:
+def import_(kind: str, src: str, out: str, manifest: str | None, n_folds: int, seed: int, diagnosis_map,
+            allow_outside: bool, overwrite: bool, quiet: bool) -> None:
     """Import the recordings in SRC into the corpus folder OUT.
 
     Files that cannot be used are left out and reported (OUT/qc.json and the summary);
@@ -40,7 +48,8 @@ def import_(kind: str, src: str, out: str, manifest: str | None, n_folds: int, s
     from steth_hub.corpus import import_corpus
 
     report = import_corpus(kind.lower(), src, out, manifest=manifest, n_folds=n_folds, seed=seed,
-                           progress=not quiet)
+                           progress=not quiet, diagnosis_map=list(diagnosis_map) or None,
+                           allow_outside=allow_outside, overwrite=overwrite)
     if not quiet:
         click.echo(report.summary())
 
@@ -50,12 +59,14 @@ def import_(kind: str, src: str, out: str, manifest: str | None, n_folds: int, s
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--folds", "n_folds", type=int, default=5, show_default=True, help="Patient-level folds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT even if it is a non-empty folder that is not a corpus (never one holding a SOURCE).")
 @click.option("--quiet", is_flag=True, help="No summary.")
-def merge(out: str, sources: tuple[str, ...], n_folds: int, seed: int, quiet: bool) -> None:
+def merge(out: str, sources: tuple[str, ...], n_folds: int, seed: int, overwrite: bool, quiet: bool) -> None:
     """Merge imported corpora SOURCES into OUT (duplicates and conflicts checked across them)."""
     from steth_hub.corpus import merge_corpora
 
-    report = merge_corpora(list(sources), out, n_folds=n_folds, seed=seed)
+    report = merge_corpora(list(sources), out, n_folds=n_folds, seed=seed, overwrite=overwrite)
     if not quiet:
         click.echo(report.summary())
 

@@ -74,7 +74,8 @@ def _nothing_left(source: str, skipped: list[Skip]) -> CorpusError:
 
 
 def _finish(source: str, src, out: Path, kept: list[Entry], skipped: list[Skip], hygiene: Hygiene, *,
-            n_folds: int, seed: int, qc_extra: dict | None = None, info_extra: dict | None = None) -> ImportReport:
+            n_folds: int, seed: int, qc_extra: dict | None = None, info_extra: dict | None = None,
+            overwrite: bool = False) -> ImportReport:
     if not kept:
         raise _nothing_left(source, skipped + hygiene.skipped)
     patient_ids = [e.patient_id for e in kept]
@@ -83,36 +84,44 @@ def _finish(source: str, src, out: Path, kept: list[Entry], skipped: list[Skip],
     splits = splits_record(folds, patient_ids, labels, n_folds=n_folds, seed=seed)
     qc = build_report(source=source, src=src, kept=kept, skipped=skipped, hygiene=hygiene, extra=qc_extra)
     info = corpus_info(source, kept, src=src, extra=info_extra)
-    write_corpus(out, kept, splits=splits, qc=qc, info=info)
+    write_corpus(out, kept, splits=splits, qc=qc, info=info, overwrite=overwrite)
     return ImportReport(out=Path(out), qc=qc, info=info, splits=splits)
 
 
 def import_corpus(kind: str, src: str | Path, out: str | Path, *, manifest: str | Path | None = None,
-                  n_folds: int = 5, seed: int = 0, progress: bool = True) -> ImportReport:
+                  n_folds: int = 5, seed: int = 0, progress: bool = True, diagnosis_map=None,
+                  allow_outside: bool = False, overwrite: bool = False) -> ImportReport:
     """Import the recordings in ``src`` with the ``kind`` importer into the corpus folder ``out``.
 
     Bad files are skipped and reported (``qc.json`` and :meth:`ImportReport.summary`); problems
     that stop the whole import (unknown kind, missing folder or manifest, too few patients for
     the folds, nothing importable) raise :class:`~steth_hub.errors.CorpusError`. ``out`` is
     replaced only when the new corpus is complete.
+
+    ``diagnosis_map`` (``{"Astma": "asthma"}`` or ``["Astma=asthma"]``) and ``allow_outside`` are for
+    the manifest importer (see :mod:`steth_hub.corpus.manifest`).
     """
     if kind not in IMPORTERS:
         raise CorpusError(f"unknown corpus kind {kind!r}", fix=f"use one of: {', '.join(IMPORTERS)}")
     if manifest is not None and kind != "manifest":
         raise CorpusError(f"--manifest is for the manifest importer, not {kind}",
                           fix=f"drop --manifest, or use: steth corpus import manifest SRC OUT --manifest CSV")
+    if (diagnosis_map or allow_outside) and kind != "manifest":
+        raise CorpusError(f"--map-diagnosis and --allow-outside-paths are for the manifest importer, not {kind}",
+                          fix="drop them, or import with: steth corpus import manifest SRC OUT")
     src = Path(src)
     if not src.exists() or (kind != "manifest" and not src.is_dir()):
         raise CorpusError("source folder not found", path=src, fix="pass the folder that holds the recordings")
-    out = check_destination(out, [src if src.is_dir() else src.parent])
-    entries, skipped = IMPORTERS[kind](src, manifest=manifest)
+    out = check_destination(out, [src if src.is_dir() else src.parent], overwrite=overwrite)
+    extra = {"diagnosis_map": diagnosis_map, "allow_outside": allow_outside} if kind == "manifest" else {}
+    entries, skipped = IMPORTERS[kind](src, manifest=manifest, **extra)
     if not entries and not skipped:
         raise CorpusError("no recordings found", path=src,
                           fix=f"check the folder: recordings end in {', '.join(AUDIO_EXTENSIONS)}")
     decoded, bad = decode_entries(entries, progress=progress, desc=f"importing {kind}")
     hygiene = check_hygiene(decoded)
     return _finish(kind, str(src.resolve()), out, hygiene.kept, skipped + bad, hygiene,
-                   n_folds=n_folds, seed=seed)
+                   n_folds=n_folds, seed=seed, overwrite=overwrite)
 
 
 def _entries_from(corpus, name: str) -> list[Entry]:
@@ -131,7 +140,7 @@ def _entries_from(corpus, name: str) -> list[Entry]:
 
 
 def merge_corpora(sources: Sequence[str | Path], out: str | Path, *, n_folds: int = 5,
-                  seed: int = 0) -> ImportReport:
+                  seed: int = 0, overwrite: bool = False) -> ImportReport:
     """Join imported corpora into ``out``: hygiene again across them, folds recomputed over all patients.
 
     Each recording is named ``<corpus folder name>/<original file>`` in the merged QC report; the
@@ -140,7 +149,7 @@ def merge_corpora(sources: Sequence[str | Path], out: str | Path, *, n_folds: in
     if not sources:
         raise CorpusError("nothing to merge", fix="pass the corpus folders to merge: steth corpus merge OUT SRC...")
     paths = [Path(s) for s in sources]
-    out = check_destination(out, paths)
+    out = check_destination(out, paths, overwrite=overwrite)
     entries: list[Entry] = []
     described = []
     for path in paths:
@@ -153,5 +162,5 @@ def merge_corpora(sources: Sequence[str | Path], out: str | Path, *, n_folds: in
     kinds = sorted({e.source for e in hygiene.kept})
     brief = [{k: d[k] for k in ("path", "source", "n_recordings", "n_patients")} for d in described]
     return _finish("merged", [d["path"] for d in described], out, hygiene.kept, [], hygiene,
-                   n_folds=n_folds, seed=seed, qc_extra={"sources": described},
+                   n_folds=n_folds, seed=seed, overwrite=overwrite, qc_extra={"sources": described},
                    info_extra={"sources": brief, "kinds": kinds})

@@ -72,11 +72,12 @@ def check_destination(out: str | Path, inputs: Sequence[str | Path] = (), *, ove
     return check_output_folder(out, inputs, markers=(MARKER,), overwrite=overwrite, what="corpus", error=CorpusError)
 
 
-def write_corpus(out: str | Path, entries: Sequence[Entry], *, splits: dict, qc: dict, info: dict) -> Path:
+def write_corpus(out: str | Path, entries: Sequence[Entry], *, splits: dict, qc: dict, info: dict,
+                 overwrite: bool = False) -> Path:
     """Write the corpus folder atomically; replaces an existing corpus at ``out`` only when complete."""
     import datasets
 
-    out = check_destination(out)
+    out = check_destination(out, overwrite=overwrite)
     folds = splits["folds"]
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     for entry in entries:
