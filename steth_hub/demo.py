@@ -721,15 +721,19 @@ def _patient_tab(gr: Any, screener: PatientScreener, catalog: ModelCatalog) -> N
             spectrogram = gr.Image(label="deciding recording spectrogram", show_label=False, type="numpy",
                                    interactive=False, elem_id="steth-patient-spectrogram")
             explanation = gr.Image(label="deciding recording explanation", show_label=False, type="numpy",
-                                   interactive=False, elem_id="steth-patient-explanation")
+                                   interactive=False, visible=False, elem_id="steth-patient-explanation")
             report_pdf = gr.File(label="report (PDF)", interactive=False, elem_id="steth-patient-pdf")
             report_fhir = gr.File(label="report (HL7 FHIR R4 JSON)", interactive=False, elem_id="steth-patient-fhir")
             with gr.Accordion("Result as JSON", open=False):
                 record = gr.JSON(label="patient result", elem_id="steth-patient-json")
 
     def screen_patient_files(files, sites="", patient_id="", sex="", age=None, model_name=None):
-        """Screen one patient's recordings; returns the summary, pictures, report files and JSON."""
-        return screener(files, sites, patient_id, sex, age, model_name)
+        """Screen one patient's recordings; returns the summary, pictures, report files and JSON
+        (the map's box shows only when there is a map)."""
+        summary_, spectrogram_, explanation_, pdf_, fhir_, record_ = screener(files, sites, patient_id, sex, age,
+                                                                             model_name)
+        return (summary_, spectrogram_, gr.Image(value=explanation_, visible=explanation_ is not None), pdf_, fhir_,
+                record_)
 
     button.click(screen_patient_files, inputs=[files, sites, patient_id, sex, age, model],
                  outputs=[summary, spectrogram, explanation, report_pdf, report_fhir, record],
