@@ -69,7 +69,8 @@ def _assign(patients: dict[str, dict], by: str, k: int, seed: int) -> list[list[
         groups[info["key"]].append(pid)
     if len(groups) < k:
         raise ConfigError(f"--by {by} gives only {len(groups)} group(s) ({', '.join(sorted(groups))}) for "
-                          f"{k} clinics", fix=f"use --clinics {len(groups)} or fewer, or --by random")
+                          f"{k} clinics", fix=(f"use --clinics {len(groups)} or fewer, or --by random" if len(groups) >= 2
+                                               else f"use --by random, or another --by than {by}"))
     bins: list[list[str]] = [[] for _ in range(k)]
     for _, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         smallest = min(range(k), key=lambda i: (len(bins[i]), i))
@@ -418,6 +419,17 @@ def format_round(entry: dict) -> str:
     return str(entry.get("message") or entry)
 
 
+def _check_torch_classifier(experiment: dict) -> None:
+    from steth_hub.registry import get_registry
+    from steth_hub.train import TorchClassifier
+
+    cls = get_registry().get("classifier", experiment["classifier"]).load()
+    if not issubclass(cls, TorchClassifier):
+        raise ConfigError(f"classifier {experiment['classifier']!r} is not a torch classifier: federated training "
+                          "averages network weights", fix="name a torch classifier plugin in the config (ast, "
+                                                          "densenet201, efficientat...)")
+
+
 def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, out: str | os.PathLike, *,
                    heldout: str | os.PathLike | None = None, strategy: str = "fedavg", proximal_mu: float = 0.01,
                    min_clinics: int | None = None, local_epochs: float = 1.0, valid_fraction: float = 0.2,
@@ -455,6 +467,7 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
         raise ConfigError(f"--min-clinics {min_clinics} must be between 1 and the {len(clinics)} clinics",
                           fix=f"use --min-clinics {len(clinics)} or fewer")
     experiment = experiment_dict(config)
+    _check_torch_classifier(experiment)
     out = check_output_folder(out, [*clinics, heldout], markers=("steth.json",), what="model")
     work = Path(work) if work else out.with_name(out.name + ".federated")
     if work.exists() and not resume:
