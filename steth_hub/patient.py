@@ -160,10 +160,12 @@ class RejectedRecording:
     code: str
     message: str
     fix: str | None = None
+    #: P(asthma) of a recording rejected for quality (screened, shown, not counted); None otherwise
+    probability: float | None = None
 
     def to_dict(self) -> dict:
         return {"id": self.id, "site": self.site, "filter": self.filter, "sha256": self.sha256,
-                "code": self.code, "message": self.message, "fix": self.fix}
+                "code": self.code, "message": self.message, "fix": self.fix, "probability": self.probability}
 
 
 @dataclass
@@ -265,7 +267,7 @@ def _audio_sha256(path: str) -> str | None:
 
 def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Mapping], model=None, *,
                    patient: str | PatientFacts = "patient", sex: Any = None, age: Any = None,
-                   progress: bool = False, check=None) -> PatientResult:
+                   progress: bool = False, check=None, quality: str = "reject") -> PatientResult:
     """Screen all of one patient's recordings and give one patient-level result.
 
     Args:
@@ -274,6 +276,10 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
         patient: the patient's identifier (or :class:`PatientFacts`).
         sex, age: patient facts (shown, never model inputs); ignored when ``patient`` is PatientFacts.
         progress: show a progress bar.
+        quality: ``"reject"`` (default): a recording that fails a quality check of the model's preset
+            (clipping, shorter than any training recording), which the evaluation's corpus would have
+            rejected, is screened and shown but not counted (listed as rejected, code ``quality``);
+            ``"keep"``: counted, with its warnings.
         check: optional ``check(path)`` run before a recording is read (e.g. the demo's size and
             length limits); a :class:`~steth_hub.errors.StethError` it raises rejects that recording.
 
@@ -287,6 +293,8 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
     inputs = [_as_input(r) for r in recordings]
     if not inputs:
         raise ConfigError(f"patient {facts.patient_id} has no recordings", fix="give at least one recording file")
+    if quality not in ("reject", "keep"):
+        raise ConfigError(f"quality={quality!r}", fix='use "reject" (the default) or "keep"')
     classifier = load_model(model)
     threshold = float(classifier.threshold)
 
@@ -327,6 +335,15 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
         path = inputs[i].path
         result = by_path.get(path) or _match(path, by_path)
         if result is not None:
+            flagged = _quality_failures(path, classifier) if quality == "reject" else []
+            if flagged:
+                rejected.append(RejectedRecording(
+                    ids[i], meta[i]["site"], meta[i]["filter"], meta[i]["sha256"], "quality",
+                    _no_path("; ".join(flagged), path) + f" [not counted: the evaluation never scored such "
+                    f"recordings; its P(asthma) was {result.probability:.3f}]",
+                    "record this site again (or count it anyway: --include-flagged)",
+                    probability=float(result.probability)))
+                continue
             screened.append((i, result))
             continue
         f = failed.get(path) or {"code": "error", "message": "not screened", "fix": None}
@@ -358,6 +375,23 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
         threshold=threshold, model=model_name(classifier), drivers=[r.id for r in drivers],
         deciding=drivers[0].id if drivers else None, disclaimer=DISCLAIMER,
         paths={ids[i]: inputs[i].path for i in range(len(inputs))})
+
+
+def _quality_failures(path: str, classifier) -> list[str]:
+    """The model preset's quality checks (clipping, minimum duration) that this recording fails.
+
+    Screening only warns about them; a training corpus, and so the evaluation, rejects such
+    recordings. Uses the screening pipeline's own checks (:class:`steth_hub.screening.ScreeningPipeline`).
+    """
+    from steth_hub.screening import ScreeningPipeline, to_recording
+
+    try:
+        pipeline = ScreeningPipeline(classifier)
+        recording = to_recording(path, None)
+        _, warnings = pipeline.clips(recording, path)
+    except StethError:  # screened a moment ago; a failure now is not a quality verdict
+        return []
+    return list(warnings)
 
 
 def _as_input(item) -> RecordingInput:

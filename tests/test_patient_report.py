@@ -135,6 +135,27 @@ def test_every_rejected_recording_is_listed_with_its_reason(model, examples_dir,
     assert [r.id for r in nothing.rejected] == ["R1"]
 
 
+def test_a_recording_failing_the_quality_checks_is_shown_but_not_counted(model, model_dir, examples_dir):
+    """The clipped ICBHI example: a training corpus (so the evaluation) rejects it; screening warns.
+    In a patient result it is listed as rejected for quality with its P(asthma), and not averaged in."""
+    from steth_hub.cli import main
+    from steth_hub.screening import screen
+
+    clipped = examples_dir / "icbhi" / "112_1b1_Ar_sc_Meditron_middle10sec.wav"
+    clean = _kauh(examples_dir)[0]
+    result = screen_patient([clipped, clean], model, patient="Q")
+    (flagged,) = result.rejected
+    assert flagged.id == "R1" and flagged.code == "quality" and "clipped" in flagged.message
+    assert flagged.probability == pytest.approx(screen(clipped, model=model).probability)
+    assert [r.id for r in result.recordings] == ["R2"]
+    assert result.probability == pytest.approx(screen(clean, model=model).probability)
+    kept = screen_patient([clipped, clean], model, patient="Q", quality="keep")
+    assert len(kept.recordings) == 2 and not kept.rejected and any("clipped" in w for w in kept.recordings[0].warnings)
+    out = CliRunner().invoke(main, ["screen", "--patient", "Q", str(clipped), str(clean), "--model", str(model_dir),
+                                    "--quiet", "--include-flagged"])
+    assert out.exit_code == 0 and "mean of 2 recording(s)" in out.output
+
+
 def test_cli_patient_mode_lists_rejections_and_strict_fails(model_dir, examples_dir, tmp_path):
     from steth_hub.cli import main
 

@@ -22,7 +22,10 @@ import click
 @click.option("--model", "model", default=None, help="Model folder or Hub name (default: the default model).")
 @click.option("--no-pictures", is_flag=True, help="Leave out the spectrogram and explanation map (faster).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def report(files, patient, manifest, sex, age, outs, model, no_pictures, quiet):
+@click.option("--include-flagged", is_flag=True,
+              help="Also count recordings that fail the model's quality checks (clipping...), which are "
+                   "otherwise shown but left out of the patient result.")
+def report(files, patient, manifest, sex, age, outs, model, no_pictures, quiet, include_flagged):
     """Write one standard page per patient: facts, per-recording results with quality flags, the
     patient-level result by the model's own aggregation rule, the model's validated performance,
     the deciding recording's spectrogram and explanation map, the model's identity, intended use
@@ -43,7 +46,8 @@ def report(files, patient, manifest, sex, age, outs, model, no_pictures, quiet):
     classifier = load_model(model)
     failed = False
     for entry in entries:
-        result = screen_patient(entry.recordings, classifier, patient=entry.facts, progress=not quiet)
+        result = screen_patient(entry.recordings, classifier, patient=entry.facts, progress=not quiet,
+                                quality="keep" if include_flagged else "reject")
         content = build_report(result, classifier, pictures=not no_pictures)
         for out in outs:
             path = _out_path(out, entry.facts.patient_id) if len(entries) > 1 else Path(out)

@@ -25,7 +25,10 @@ import click
                    "per patient.")
 @click.option("--sex", default=None, help="With --patient: the patient's sex (F/M; shown, never a model input).")
 @click.option("--age", default=None, help="With --patient: the patient's age in years (shown, never a model input).")
-def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age):
+@click.option("--include-flagged", is_flag=True,
+              help="Patient mode: also count recordings that fail the model's quality checks (clipping...), "
+                   "which are otherwise shown but left out of the patient result.")
+def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age, include_flagged):
     """Screen FILES: P(asthma), the decision at the model's threshold, clips used and warnings.
 
     A file that fails is listed with the reason and the fix; the others are still screened.
@@ -37,7 +40,8 @@ def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age):
     from steth_hub.screening import DISCLAIMER, screen_many
 
     if patient is not None or manifest is not None:
-        _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age)
+        _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age,
+                         "keep" if include_flagged else "reject")
         return
     if not files:
         raise click.UsageError("give at least one FILE (or --manifest)")
@@ -81,14 +85,14 @@ def patients_from_options(files, patient, manifest, sex, age) -> list:
     return [PatientEntry(facts, [RecordingInput(str(f)) for f in files])]
 
 
-def _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age) -> None:
+def _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age, quality="reject") -> None:
     from steth_hub.patient import screen_patient
     from steth_hub.screening import DISCLAIMER, load_model
 
     entries = patients_from_options(files, patient, manifest, sex, age)
     classifier = load_model(model)
-    results = [screen_patient(e.recordings, classifier, patient=e.facts, progress=not quiet and not as_json)
-               for e in entries]
+    results = [screen_patient(e.recordings, classifier, patient=e.facts, progress=not quiet and not as_json,
+                              quality=quality) for e in entries]
     if as_json:
         click.echo(json.dumps({"patients": [r.to_dict() for r in results], "disclaimer": DISCLAIMER}, indent=2))
     else:
