@@ -13,14 +13,22 @@ code               meaning
 ``not-finite``     NaN or infinite samples (float files)
 ``silent``         all samples (nearly) zero
 ``too-long``       longer than ``max_seconds`` (protects memory and the demo)
-``too-large``      file larger than ``max_bytes``
+``too-large``      file larger than ``max_bytes``, or more samples (channels x
+                   frames, read from the header) than ``max_samples``
+``not-a-file``     a FIFO, device or socket (reading it could block forever)
 ``sample-rate``    sample rate below ``min_sample_rate``
 =================  =========================================================
+
+Decoding is bounded: the header's channels x rate x duration is checked before a sample
+is read, and the file is read in blocks of :data:`BLOCK_FRAMES` frames mixed down to mono
+as they come, so memory stays near one mono float32 copy of the recording.
 
 Recoverable oddities become warnings on the :class:`Recording` instead: a stereo file
 is mixed down to mono, a WAV whose header promises more data than the file holds is
 flagged as truncated, a low sample rate is flagged because the band above its Nyquist
-frequency is empty.
+frequency is empty, an 8-bit or companded recording (``PCM_U8``, ``PCM_S8``, u-law, A-law,
+ADPCM, GSM; or 16-bit samples that only take 8-bit values) is flagged as degraded: its
+quantisation noise is audible to a model.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +52,17 @@ Source = Union[str, os.PathLike, bytes, BinaryIO]
 DEFAULT_MAX_SECONDS = 600.0
 #: files larger than this are refused before decoding
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+#: channels x frames above this are refused from the header, before decoding (600 s of 48 kHz stereo fit)
+DEFAULT_MAX_SAMPLES = 64 * 2**20
+#: frames read at once while decoding
+BLOCK_FRAMES = 1 << 16
+#: libsndfile subtypes that hold 8 bits (or fewer) of real resolution per sample
+LOW_RESOLUTION_SUBTYPES = {
+    "PCM_U8": "8-bit", "PCM_S8": "8-bit", "ULAW": "8-bit u-law", "ALAW": "8-bit A-law",
+    "IMA_ADPCM": "4-bit ADPCM", "MS_ADPCM": "4-bit ADPCM", "VOX_ADPCM": "4-bit ADPCM", "GSM610": "GSM 6.10",
+    "G721_32": "4-bit G.721", "G723_24": "3-bit G.723", "G723_40": "5-bit G.723", "DWVW_12": "12-bit DWVW",
+    "NMS_ADPCM_16": "NMS ADPCM", "NMS_ADPCM_24": "NMS ADPCM", "NMS_ADPCM_32": "NMS ADPCM",
+}
 #: below this sample rate nothing useful about breath sounds survives
 DEFAULT_MIN_SAMPLE_RATE = 2000
 #: below this rate a warning says which band is missing (the features reach 8 kHz)
@@ -153,12 +173,14 @@ def decode(
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     min_sample_rate: int = DEFAULT_MIN_SAMPLE_RATE,
     allow_silent: bool = False,
+    max_samples: int | None = DEFAULT_MAX_SAMPLES,
 ) -> Recording:
     """Decode a recording from a path, bytes or a binary file object.
 
     Returns a mono float32 :class:`Recording` at the file's own sample rate; raises
     :class:`~steth_hub.errors.AudioError` (with ``code``, the file and a fix) when the
-    recording cannot be used.
+    recording cannot be used. Only regular files are read; the header's channels x frames
+    is checked against ``max_samples`` before decoding, which then goes block by block.
     """
     import soundfile as sf
 
@@ -171,6 +193,12 @@ def decode(
         if path.is_dir():
             raise AudioError("is a folder, not a recording", path=name, code="corrupt",
                              fix="pass the audio files inside it (for example folder/*.wav)")
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block the read forever; a device never ends
+            kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+                    or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise AudioError(f"is {kind}, not a recording file", path=name, code="not-a-file",
+                             fix="save the recording to a regular file and pass that")
         size = path.stat().st_size
         if max_bytes is not None and size > max_bytes:
             raise AudioError(f"file is {size / 2**20:.0f} MiB, above the {max_bytes / 2**20:.0f} MiB limit",
@@ -182,10 +210,10 @@ def decode(
         if isinstance(source, (bytes, bytearray, memoryview)):
             raw = bytes(source)
         else:
-            raw = source.read()
+            raw = source.read() if max_bytes is None else source.read(max_bytes + 1)
         size = len(raw)
         if max_bytes is not None and size > max_bytes:
-            raise AudioError(f"data is {size / 2**20:.0f} MiB, above the {max_bytes / 2**20:.0f} MiB limit",
+            raise AudioError(f"data is above the {max_bytes / 2**20:.0f} MiB limit",
                              path=name, code="too-large", fix="cut the recording into shorter files")
         head = raw[:4096]
         data = io.BytesIO(raw)
@@ -193,35 +221,38 @@ def decode(
         raise AudioError("file is empty (0 bytes)", path=name, code="empty", fix="record or export it again")
 
     try:
-        info = sf.info(data)
-        if isinstance(data, io.BytesIO):
-            data.seek(0)
-        if max_seconds is not None and info.samplerate and info.frames / info.samplerate > max_seconds:
-            raise AudioError(
-                f"recording lasts {info.frames / info.samplerate:.0f} s, above the {max_seconds:.0f} s limit",
-                path=name, code="too-long", fix="cut it into shorter recordings, or raise max_seconds")
-        samples, rate = sf.read(data, dtype="float32", always_2d=True)
+        with sf.SoundFile(data) as fh:
+            rate, channels, declared_frames = int(fh.samplerate), int(fh.channels), int(fh.frames)
+            subtype = fh.subtype
+            if max_seconds is not None and rate and declared_frames / rate > max_seconds:
+                raise AudioError(
+                    f"recording lasts {declared_frames / rate:.0f} s, above the {max_seconds:.0f} s limit",
+                    path=name, code="too-long", fix="cut it into shorter recordings, or raise max_seconds")
+            if max_samples is not None and channels * declared_frames > max_samples:
+                raise AudioError(
+                    f"{channels} channel(s) x {rate} Hz x {declared_frames / max(rate, 1):.0f} s = "
+                    f"{channels * declared_frames / 1e6:.0f} M samples, above the {max_samples / 1e6:.0f} M limit "
+                    "(decoding it would need too much memory)", path=name, code="too-large",
+                    fix="export it as mono at 4-48 kHz (for example: ffmpeg -i INPUT -ac 1 -ar 16000 output.wav), "
+                        "or cut it into shorter files")
+            if rate < min_sample_rate:
+                raise AudioError(f"sample rate {rate} Hz is below {min_sample_rate} Hz", path=name,
+                                 code="sample-rate", fix="record at 4 kHz or more (16 kHz or more recommended)")
+            mono, on_8bit_grid = _read_blocks(fh, name, channels, declared_frames, max_samples)
+    except AudioError:
+        raise
     except sf.LibsndfileError as exc:
         reason = (exc.error_string or str(exc)).strip()
         raise AudioError(f"cannot decode audio ({reason})", path=name, code="corrupt", fix=CONVERT_FIX) from exc
-    except (RuntimeError, TypeError, ValueError) as exc:  # soundfile raises these for odd inputs
+    except (RuntimeError, TypeError, ValueError, EOFError) as exc:  # soundfile raises these for odd inputs
         raise AudioError(f"cannot decode audio ({exc})", path=name, code="corrupt", fix=CONVERT_FIX) from exc
 
     warnings: list[str] = []
-    frames, channels = samples.shape
+    frames = len(mono)
     if frames == 0:
         raise AudioError("recording holds no samples", path=name, code="empty", fix="record or export it again")
-    if rate < min_sample_rate:
-        raise AudioError(f"sample rate {rate} Hz is below {min_sample_rate} Hz", path=name, code="sample-rate",
-                         fix="record at 4 kHz or more (16 kHz or more recommended)")
-    if not np.isfinite(samples).all():
-        bad = int((~np.isfinite(samples)).sum())
-        raise AudioError(f"{bad} samples are NaN or infinite", path=name, code="not-finite",
-                         fix="re-export the recording; the file's sample values are broken")
     if channels > 1:
-        samples = samples.mean(axis=1, keepdims=True)
         warnings.append(f"{channels} channels mixed down to mono")
-    mono = np.ascontiguousarray(samples[:, 0], dtype=np.float32)
     peak = float(np.max(np.abs(mono)))
     if peak > 1.0:  # float files may exceed full scale; keep the shape, flag it
         warnings.append(f"peak {peak:.2f} above full scale; values kept as they are")
@@ -234,8 +265,42 @@ def decode(
             f"truncated: the header declares {declared[0] / rate:.2f} s but the file holds {frames / rate:.2f} s")
     if rate < LOW_SAMPLE_RATE:
         warnings.append(f"low sample rate {rate} Hz: nothing above {rate // 2} Hz was recorded")
+    degraded = LOW_RESOLUTION_SUBTYPES.get(str(subtype or "").upper())
+    if degraded:
+        warnings.append(f"degraded: {degraded} samples ({subtype}); quantisation noise this coarse can change "
+                        "the result, record or export at 16 bits or more")
+    elif on_8bit_grid and peak > SILENCE_PEAK:
+        warnings.append("degraded: the samples take only 8-bit values (re-encoded from 8 bits?); quantisation "
+                        "noise this coarse can change the result, use the original recording")
     return Recording(samples=mono, sample_rate=int(rate), source=name, original_sample_rate=int(rate),
-                     channels=int(channels), subtype=getattr(info, "subtype", None), warnings=warnings)
+                     channels=int(channels), subtype=subtype, warnings=warnings)
+
+
+def _read_blocks(fh, name: str, channels: int, declared_frames: int, max_samples: int | None
+                 ) -> tuple[np.ndarray, bool]:
+    """Read an open SoundFile block by block, mixing each to mono; returns (mono float32, all on an 8-bit grid).
+
+    NaN/inf samples are refused as they are met; more frames than the header declared (a lying
+    header) still stop at ``max_samples``."""
+    parts: list[np.ndarray] = []
+    total = 0
+    grid = True
+    for block in fh.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():
+            bad = int((~np.isfinite(block)).sum())
+            raise AudioError(f"{bad} samples{' (at least)' if total else ''} are NaN or infinite", path=name,
+                             code="not-finite", fix="re-export the recording; the file's sample values are broken")
+        total += len(block)
+        if max_samples is not None and total * channels > max_samples:
+            raise AudioError(f"more than {max_samples / 1e6:.0f} M samples (the header declared "
+                             f"{declared_frames} frames)", path=name, code="too-large",
+                             fix="export it as mono at 4-48 kHz, or cut it into shorter files")
+        if grid:
+            scaled = block[:, 0] * 128.0  # within 1.5 16-bit steps of a multiple of 1/128 (full scale is 32767)
+            grid = bool(np.all(np.abs(scaled - np.round(scaled)) <= 1.5 / 256))
+        parts.append(block[:, 0].copy() if channels == 1 else block.mean(axis=1, dtype=np.float32))
+    mono = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32), grid
 
 
 def from_array(samples: np.ndarray, sample_rate: int, *, source: str = "<array>",

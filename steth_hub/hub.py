@@ -143,6 +143,11 @@ def _local_folder(name_or_path: str | os.PathLike) -> Path | None:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
+        # look at the top level only: a model folder holds its files there (--model / must not walk the disk)
+        top = {p.name for p in path.iterdir()} if os.access(path, os.R_OK | os.X_OK) else set()
+        if not ({STETH_METADATA, "config.json"} & top or any(n.endswith(".safetensors") for n in top)):
+            raise ModelError("not a model folder: no steth.json, config.json or .safetensors file in it", path=path,
+                             fix="pass the folder that holds steth.json and the weights (not a parent folder)")
         return path.resolve()
     if path.exists():
         raise ModelError("a model is a folder, not a file", path=path,

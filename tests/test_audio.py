@@ -174,3 +174,91 @@ def test_from_array_checks_like_decode():
         assert err.value.code == code
     with pytest.raises(AudioError, match="sample_rate"):
         from_array(x, None)
+
+
+# --------------------------------------------------------------------------- issue 13: resource exhaustion
+def test_many_channels_at_a_high_rate_are_refused_from_the_header(tmp_path, monkeypatch):
+    """A 3.6 MB FLAC (8 channels, 192 kHz, 60 s) would decode to 92 M samples: refused before decoding."""
+    path = tmp_path / "big.flac"
+    with sf.SoundFile(path, "w", samplerate=192000, channels=8, subtype="PCM_16", format="FLAC") as fh:
+        block = np.zeros((192000, 8), dtype=np.int16)
+        block[::97, 0] = 300
+        for _ in range(60):
+            fh.write(block)
+    assert path.stat().st_size < 5_000_000  # far below the 200 MB byte limit
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before checking the header")
+
+    monkeypatch.setattr(sf.SoundFile, "blocks", no_decoding)
+    monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
+    with pytest.raises(AudioError) as err:
+        decode(path)
+    assert err.value.code == "too-large" and "8 channel(s) x 192000 Hz x 60 s" in str(err.value)
+    assert "fix:" in str(err.value)
+
+
+def test_decoding_goes_in_bounded_blocks(real, tmp_path):
+    """Peak memory stays near one mono copy: a 4-channel 48 kHz minute needs far less than its 46 MB float32."""
+    import tracemalloc
+
+    rate, seconds, channels = 48000, 60, 4
+    rec = decode(real).resampled(rate)
+    one = np.tile(rec.samples, seconds * rate // len(rec.samples) + 1)[: seconds * rate]
+    path = tmp_path / "four.wav"
+    sf.write(path, np.stack([one * (0.9 - 0.2 * k) for k in range(channels)], axis=1), rate, subtype="PCM_16")
+    mono_bytes = seconds * rate * 4
+    tracemalloc.start()
+    out = decode(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.channels == 4 and len(out.samples) == seconds * rate
+    assert peak < 2.6 * mono_bytes, (peak, mono_bytes)  # sf.read of all channels needed 4x + the mono copy
+    assert np.allclose(out.samples, one * 0.6, atol=2e-4)
+
+
+def test_a_fifo_named_wav_is_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "breath.wav"
+    os.mkfifo(fifo)
+    box = {}
+
+    def run():
+        try:
+            decode(fifo)
+        except AudioError as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # unblock the reader so the test process can exit, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("decode blocked on a FIFO")
+    assert box["error"].code == "not-a-file" and "FIFO" in str(box["error"])
+
+
+def test_a_device_is_refused():
+    with pytest.raises(AudioError) as err:
+        decode("/dev/zero")
+    assert err.value.code == "not-a-file"
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_S8", "ULAW", "ALAW"])
+def test_8_bit_and_companded_recordings_are_flagged_as_degraded(real, tmp_path, subtype):
+    rec = decode(real)
+    path = tmp_path / f"{subtype}.{'aiff' if subtype == 'PCM_S8' else 'wav'}"
+    sf.write(path, rec.samples, rec.sample_rate, subtype=subtype)
+    out = decode(path)
+    assert any(w.startswith("degraded:") and subtype in w for w in out.warnings), out.warnings
+    assert not any(w.startswith("degraded") for w in rec.warnings)
+
+
+def test_16_bit_samples_holding_8_bit_values_are_flagged(real, tmp_path):
+    rec = decode(real)
+    path = tmp_path / "requantised.wav"
+    sf.write(path, np.round(rec.samples * 128) / 128, rec.sample_rate, subtype="PCM_16")
+    assert any("only 8-bit values" in w for w in decode(path).warnings)

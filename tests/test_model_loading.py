@@ -233,3 +233,36 @@ def test_the_mfcc_baseline_loads_strictly(mfcc_dir, tmp_path, change, reason):
     save_file(tensors, str(folder / "model.safetensors"))
     with pytest.raises(ModelError, match=reason):
         load_classifier(folder)
+
+
+# --------------------------------------------------------------------------- --model / must not walk the disk
+@pytest.mark.parametrize("where", ["/", "HOME_LIKE"])
+def test_a_folder_that_is_not_a_model_is_refused_without_walking_it(tmp_path, monkeypatch, where):
+    from pathlib import Path
+
+    import steth_hub
+
+    if where == "HOME_LIKE":  # a parent folder with a model deep inside it
+        where = tmp_path
+        (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+        (tmp_path / "a" / "b" / "c" / "model.safetensors").write_bytes(b"x")
+
+    def no_walk(self, *args, **kwargs):
+        raise AssertionError(f"walked {self}")
+
+    monkeypatch.setattr(Path, "rglob", no_walk)
+    monkeypatch.setattr(Path, "walk", no_walk, raising=False)
+    with pytest.raises(ModelError, match="not a model folder") as info:
+        steth_hub.from_pretrained(str(where))
+    assert "fix:" in _one_line(info.value)
+
+
+def test_steth_screen_with_model_root_is_a_quick_clear_error(example_wavs):
+    import time
+
+    from steth_hub.cli import main
+
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["screen", str(example_wavs[0]), "--model", "/"])
+    assert result.exit_code != 0 and "not a model folder" in result.output
+    assert time.perf_counter() - started < 30
