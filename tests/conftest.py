@@ -77,3 +77,12 @@ def _fresh_registry():
     reset_registry()
     yield
     reset_registry()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the shared recordings, directly or through another fixture, carries the
+    ``shared_data`` marker, so ``-m shared_data`` (and ``-m "not shared_data"``) select all of them."""
+    marker = pytest.mark.shared_data
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("shared_data") is None:
+            item.add_marker(marker)
