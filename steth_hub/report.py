@@ -130,8 +130,9 @@ def validated_performance(metadata: Mapping | None) -> dict:
 
 
 def model_identity(classifier) -> dict:
-    """Name, classifier plugin, threshold, the steth-hub version it was saved with, and a fingerprint
-    of its saved settings (two reports with the same fingerprint come from the same model settings)."""
+    """Name, classifier plugin, threshold, the steth-hub version it was saved with, a fingerprint of
+    its saved settings (two reports with the same fingerprint come from the same model settings) and,
+    when the classifier keeps its folder, the sha256 prefix of its weights."""
     from steth_hub import __version__
     from steth_hub.screening import model_name
 
@@ -140,6 +141,14 @@ def model_identity(classifier) -> dict:
                 "sample_rate": int(classifier.sample_rate), "preset": classifier.preset, "metadata": meta}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     training = meta.get("training") if isinstance(meta.get("training"), Mapping) else {}
+    weights = None
+    folder = getattr(classifier, "directory", None)  # known when the classifier keeps its folder
+    if folder is not None and (Path(folder) / "model.safetensors").is_file():
+        digest = hashlib.sha256()
+        with open(Path(folder) / "model.safetensors", "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        weights = digest.hexdigest()[:16]
     return {
         "name": model_name(classifier),
         "classifier": classifier.plugin_name,
@@ -148,6 +157,7 @@ def model_identity(classifier) -> dict:
         "saved_with": f"steth-hub {meta.get('steth_hub_version') or 'unknown'}",
         "reported_with": f"steth-hub {__version__}",
         "fingerprint": fingerprint,
+        "weights_sha256": weights,
         "trained_on": ({"patients": training.get("n_patients"), "recordings": training.get("n_recordings")}
                        if training else None),
         "limitations": [str(x) for x in meta.get("limitations") or [] if isinstance(x, str)],
@@ -234,6 +244,8 @@ def _draw_pictures(report: Report, result, deciding, classifier) -> None:
         report.data["pictures"]["spectrogram"] = True
     except ImportError as exc:
         notes.append(f"spectrogram not drawn: {exc.name or exc} is not installed (pip install 'steth-hub[explain]')")
+    except Exception as exc:  # noqa: BLE001 - the report stands without its picture; the page says why
+        notes.append(f"spectrogram not drawn: {type(exc).__name__}: {exc}")
     try:
         explanation = steth_hub.explain(recording, model=classifier)
         report.explanation_png = explanation.png_bytes(dpi=100)
@@ -244,6 +256,8 @@ def _draw_pictures(report: Report, result, deciding, classifier) -> None:
                      "(pip install 'steth-hub[explain]')")
     except StethError as exc:
         notes.append(f"explanation map not drawn: {exc.message}")
+    except Exception as exc:  # noqa: BLE001 - the report stands without its picture; the page says why
+        notes.append(f"explanation map not drawn: {type(exc).__name__}: {exc}")
 
 
 def _png(rgb) -> bytes:
