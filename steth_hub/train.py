@@ -596,6 +596,34 @@ def _compute_metrics(eval_pred) -> dict:
     return out
 
 
+def _say(recipe: dict, message: str) -> None:
+    """A progress line on stderr for the silent stages before the Trainer's bar (unless progress is off)."""
+    import sys
+
+    if not recipe.get("disable_tqdm"):
+        print(message, file=sys.stderr, flush=True)
+
+
+def _quiet_trainer_logs(trainer) -> None:
+    """Replace the Trainer's log printing (raw ``{'loss': ...}`` dicts between progress bars) with the
+    latest loss shown on the progress bar itself; the history keeps every log entry."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is not None and logs:
+                shown = {k: f"{v:.4g}" for k, v in logs.items()
+                         if k in ("loss", "eval_loss", "eval_auroc") and isinstance(v, (int, float))}
+                if shown:
+                    self.training_bar.set_postfix(shown, refresh=False)
+
+    had_bar = any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if had_bar:
+        trainer.add_callback(QuietProgress)
+
+
 def checkpoint_problem(folder: Path) -> str | None:
     """Why a ``checkpoint-N`` folder cannot be resumed from (a run killed while writing it), or None."""
     import json
@@ -775,6 +803,8 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
 
     started = time.perf_counter()
     batch = int(recipe.get("feature_batch_size") or 64)
+    _say(recipe, f"featurising {len(train)} training" + (f" and {len(valid)} validation" if valid is not None
+                                                         and len(valid) else "") + " clips ...")
     train_x = featurise_clipset(classifier, train, batch)
     classifier.fit_normalisation(train_x)
     train_x = classifier.normalise(train_x)
@@ -791,6 +821,8 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
     set_seed(seed)  # the model's initial weights do not depend on how much featurising drew from the RNG
     pretrained = None
     if (recipe.get("pretrain") or {}).get("epochs") and checkpoint is None:
+        _say(recipe, f"featurised in {time.perf_counter() - started:.0f} s; self-supervised pretraining for "
+                     f"{recipe['pretrain']['epochs']} epoch(s) ...")
         pretrained = pretrain_statistics(classifier, train_x, recipe["pretrain"], seed=seed,
                                          batch_size=int(recipe["per_device_train_batch_size"]))
         set_seed(seed)
@@ -818,6 +850,7 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         encoder_lr_scale=recipe.get("encoder_lr_scale"),
         distill_alpha=(float((recipe.get("distill") or {}).get("alpha", 0.0)) if soft_targets is not None else None),
     )
+    _quiet_trainer_logs(trainer)  # a progress bar with the loss, not raw log dicts between bars
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - train_started
