@@ -362,7 +362,7 @@ def card_metadata(context: Mapping) -> dict:
     if context["sources"]:
         meta["datasets"] = [s.get("id", s["key"]) for s in context["sources"]]
     evaluation = context.get("evaluation")
-    if evaluation:
+    if evaluation and not evaluation.get("quick"):  # a --quick smoke run is not a result to index
         results = []
         dataset = {"type": "+".join(s["key"] for s in context["sources"]) or "custom",
                    "name": " + ".join(s.get("name", s["key"]) for s in context["sources"]) or "steth-hub corpus",

@@ -1045,21 +1045,16 @@ def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool =
         clips = clips.for_patients(kept)
     corpus_facts = {"path": os.fspath(getattr(corpus, "path", "") or ""),
                     "info": dict(getattr(corpus, "info", None) or {}), "skipped_recordings": len(skipped)}
-    dataset = getattr(corpus, "dataset", None)
-    if dataset is not None:  # who the model learnt from (sex, age bands, sources...), for the model card
-        from steth_hub.card import summarise_training_data
-
-        trained_on = set(np.asarray(clips.recording_ids).astype(str).tolist())  # not skipped, not filtered out
-        used = [i for i, rid in enumerate(dataset["recording_id"]) if str(rid) in trained_on]
-        corpus_facts["data"] = summarise_training_data(dataset.select(used))
-    return train_on_clips(experiment, clips, out, preset=preset, corpus=corpus_facts, progress=progress, **kwargs)
+    # who the model learnt from (sex, age bands, sources...) is counted by train_on_clips, after any validation split
+    return train_on_clips(experiment, clips, out, preset=preset, corpus=corpus_facts, progress=progress,
+                          dataset=getattr(corpus, "dataset", None), **kwargs)
 
 
 def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, corpus: dict | None = None,
                    resume: bool = False, epochs: float | None = None, valid_fraction: float | None = None,
                    evaluation: str | os.PathLike | dict | None = None, checkpoints: str | os.PathLike | None = None,
                    seed: int | None = None, progress: bool = True, name: str | None = None,
-                   overwrite: bool = False) -> tuple[Any, dict]:
+                   overwrite: bool = False, dataset=None) -> tuple[Any, dict]:
     """Train an experiment's classifier on preprocessed clips and save it to ``out``.
 
     ``out`` must be new, empty or a steth-hub model folder (``overwrite=True`` replaces any
@@ -1076,6 +1071,8 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
       report is stored in ``steth.json``.
     * Checkpoints go to ``checkpoints`` (default ``OUT.checkpoints``); ``resume`` continues from the
       last one.
+    * ``dataset``: the corpus rows; the card's training-data summary then counts exactly the
+      recordings and patients the model was fitted on (the validation patients are counted apart).
 
     Returns ``(classifier, history)``.
     """
@@ -1127,8 +1124,7 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
     model.metadata["training"] = dict(model.metadata.get("training") or {}, **{
         "experiment": experiment.to_dict(),
         "recipe": {k: v for k, v in recipe.items() if k != "resume"},
-        "corpus": dict(corpus or {}, recordings_by_label=_by_label(clips, clips.recording_ids),
-                       patients_by_label=_by_label(clips, clips.patient_ids)),
+        "corpus": _trained_on(corpus, dataset, train_set, valid_set),
         "preset": preset.name,
         "validation_fraction": float(valid_fraction),
         "validation_patients": int(len(np.unique(valid_set.patient_ids))) if valid_set is not None else 0,
@@ -1163,6 +1159,23 @@ def check_model_output(out, *, experiment=None, corpus=None, evaluation=None, ch
         inputs.append(evaluation)
     return check_output_folder(out, [i for i in inputs if i], markers=(STETH_METADATA,), overwrite=overwrite,
                                what="model")
+
+
+def _trained_on(corpus: dict | None, dataset, train_set, valid_set) -> dict:
+    """The corpus facts of ``steth.json``: counts of what the model was FITTED on (a validation split's
+    patients are counted under ``validation``, not as training data)."""
+    facts = dict(corpus or {}, recordings_by_label=_by_label(train_set, train_set.recording_ids),
+                 patients_by_label=_by_label(train_set, train_set.patient_ids))
+    if valid_set is not None:
+        facts["validation"] = {"recordings_by_label": _by_label(valid_set, valid_set.recording_ids),
+                               "patients_by_label": _by_label(valid_set, valid_set.patient_ids)}
+    if dataset is not None:
+        from steth_hub.card import summarise_training_data
+
+        fitted = set(np.asarray(train_set.recording_ids).astype(str).tolist())  # not skipped, filtered or held out
+        used = [i for i, rid in enumerate(dataset["recording_id"]) if str(rid) in fitted]
+        facts["data"] = summarise_training_data(dataset.select(used))
+    return facts
 
 
 def _by_label(clips, groups) -> dict:
