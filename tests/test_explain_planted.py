@@ -96,7 +96,9 @@ def with_floor(recording: Recording) -> Recording:
     """The recording with faint white noise (FLOOR_DB below its RMS, inside its own band), the same
     for both classes. Without it the tone's window sidelobes stand out in the near-silent band
     above the breath sounds, two or three patch rows wide, and a tiny model may learn them."""
-    rng = np.random.default_rng(zlib.crc32(recording.source.encode()))
+    # seeded by the file's NAME: the absolute path made the noise (and the result) depend on where the
+    # repository was cloned
+    rng = np.random.default_rng(zlib.crc32(Path(recording.source).name.encode()))
     rms = float(np.sqrt(np.mean(np.square(recording.samples, dtype=np.float64))))
     noise = rng.standard_normal(len(recording.samples)) * rms * 10.0 ** (FLOOR_DB / 20.0)
     return Recording((recording.samples + noise).astype(np.float32), recording.sample_rate, source=recording.source,
