@@ -124,9 +124,7 @@ def test_normalisation_agreement_local_training_fedprox_and_state_round_trip(exa
         model = core.new_classifier(experiment)
         features = core.featurise(model, half)
         core.fit_normalisation(model, features)
-        net = model.torch_module()
-        stats.append({**{core.NET_PREFIX + k: core._as_array(v) for k, v in net.named_buffers()
-                         if v.is_floating_point()}, **core.normalisation_arrays(model)})
+        stats.append(core.normalisation_state(model))
         counts.append(len(half))
         shape = list(features.shape[1:])
     assert set(stats[0]) == {"norm.bin_mean", "norm.mean", "norm.std"}  # the AST keeps them outside the network
@@ -366,3 +364,38 @@ def test_a_failed_run_exits_non_zero_and_stops_its_processes(shared_partition, t
 
     pids = json.loads((tmp_path / "m.federated" / "pids.json").read_text())["pids"]
     assert pids and not [p for p in pids if _alive(int(p))]
+
+
+def test_the_same_code_federates_another_torch_plugin_whose_normalisation_lives_in_its_network(example_merged,
+                                                                                               tmp_path):
+    """DenseNet keeps its input mean/std as network buffers: round 0 finds and agrees on those instead."""
+    from steth_hub.federated import core
+
+    experiment = core.experiment_dict({
+        "classifier": "densenet201", "preset": "excerpt-10s",
+        "model": {"architecture": "densenet121", "model_kwargs": {"growth_rate": 8, "block_config": [2, 2]}},
+        "recipe": {"per_device_train_batch_size": 4}})
+    data = core.load_clinic(example_merged, experiment, valid_fraction=0.0)
+    clips = data.train.subset(np.arange(min(6, len(data.train))))
+    model = core.new_classifier(experiment)
+    features = core.featurise(model, clips)
+    assert core.fit_normalisation(model, features) == ["net.mean", "net.std"]
+    state = core.normalisation_state(model)
+    start = core.initial_model(experiment, features.shape[1:], state, seed=0)
+    np.testing.assert_array_equal(core.model_arrays(start)["net.std"], state["net.std"])
+    core.train_local(start, start.normalise(features), clips.labels, epochs=1, settings=core.local_settings(
+        experiment), seed=0)
+    assert set(core.model_arrays(start)) == set(core.network_arrays(start))  # nothing outside the network
+
+
+def test_a_scalar_statistic_stays_a_float_whatever_shape_it_comes_back_in(example_merged, tmp_path):
+    import torch
+
+    from steth_hub.federated import core
+
+    experiment = core.experiment_dict(_write(tmp_path / "tiny.yaml", TINY))
+    model = core.new_classifier(experiment)
+    core.fit_normalisation(model, torch.zeros((2, 10, 32)))
+    core.load_arrays(model, {"norm.mean": np.array([-3.5], dtype=np.float32),
+                             "norm.bin_mean": np.zeros((32,), dtype=np.float32)})
+    assert isinstance(model.mean, float) and model.mean == -3.5 and tuple(model.bin_mean.shape) == (32,)

@@ -90,11 +90,7 @@ def normalise(msg: Message, context: Context) -> Message:
     features = core.featurise(model, data.train)
     torch.manual_seed(seed)
     core.fit_normalisation(model, features)
-    net = model.torch_module()
-    state = net.state_dict()
-    buffers = {core.NET_PREFIX + k: core._as_array(v) for k, v in net.named_buffers()
-               if k in state and v.is_floating_point()}
-    arrays = {**buffers, **core.normalisation_arrays(model)}
+    arrays = core.normalisation_state(model)
     metrics = {"num-examples": int(len(data.train)), "feature-shape": [int(n) for n in features.shape[1:]],
                "sample-rate": int(data.train.sample_rate)}
     metrics.update({k.replace("_", "-"): int(v) for k, v in data.facts.items()})

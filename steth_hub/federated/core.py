@@ -150,16 +150,37 @@ def _numeric_attributes(model) -> dict[str, np.ndarray]:
             if not k.startswith("_") and k not in NOT_STATE and _is_numeric(v)}
 
 
+def _float_buffers(model) -> dict[str, np.ndarray]:
+    try:
+        net = model.torch_module()
+    except Exception:  # a plugin that builds its network in fit_normalisation (the AST) has none yet
+        return {}
+    if net is None:
+        return {}
+    state = net.state_dict()
+    return {k: _as_array(v) for k, v in net.named_buffers() if k in state and v.is_floating_point()}
+
+
+def _changed(before: dict, after: dict) -> list[str]:
+    return sorted(k for k, v in after.items()
+                  if k not in before or before[k].shape != v.shape or not np.array_equal(before[k], v))
+
+
 def fit_normalisation(model, features) -> list[str]:
-    """Run the plugin's ``fit_normalisation``; return the attributes it set outside the network."""
-    before = _numeric_attributes(model)
+    """Run the plugin's ``fit_normalisation`` and remember what it set: attributes outside the network
+    (``norm.*``) and network buffers (``net.*``, e.g. DenseNet's mean/std). That is the normalisation
+    state agreed in round 0 and held fixed afterwards. Returns its keys."""
+    attrs, buffers = _numeric_attributes(model), _float_buffers(model)
     model.fit_normalisation(features)
-    after = _numeric_attributes(model)
-    names = [k for k, v in after.items() if k not in before or before[k].shape != v.shape
-             or not np.array_equal(before[k], v)]
-    model.__dict__.setdefault("_federated_norm", [])
-    model._federated_norm = sorted(set(model._federated_norm) | set(names))
+    names = [NORM_PREFIX + k for k in _changed(attrs, _numeric_attributes(model))]
+    names += [NET_PREFIX + k for k in _changed(buffers, _float_buffers(model))]
+    model.__dict__["_federated_norm"] = sorted(set(model.__dict__.get("_federated_norm", [])) | set(names))
     return model._federated_norm
+
+
+def normalisation_state(model) -> dict[str, np.ndarray]:
+    """The normalisation state :func:`fit_normalisation` found (what round 0 exchanges)."""
+    return {k: v for k, v in model_arrays(model).items() if k in set(getattr(model, "_federated_norm", []))}
 
 
 def network_arrays(model) -> dict[str, np.ndarray]:
@@ -170,7 +191,8 @@ def network_arrays(model) -> dict[str, np.ndarray]:
 
 def normalisation_arrays(model) -> dict[str, np.ndarray]:
     """The normalisation the plugin keeps outside its network (see :func:`fit_normalisation`)."""
-    return {NORM_PREFIX + k: _as_array(getattr(model, k)) for k in getattr(model, "_federated_norm", [])}
+    return {k: _as_array(getattr(model, k[len(NORM_PREFIX):])) for k in getattr(model, "_federated_norm", [])
+            if k.startswith(NORM_PREFIX)}
 
 
 def model_arrays(model) -> dict[str, np.ndarray]:
@@ -199,13 +221,13 @@ def load_arrays(model, arrays: dict[str, np.ndarray]) -> None:
             name = key[len(NORM_PREFIX):]
             current = getattr(model, name, None)
             value = np.asarray(value, dtype=np.float32)
-            if isinstance(current, torch.Tensor) or value.ndim > 0:
-                setattr(model, name, torch.as_tensor(value.copy()))
+            if isinstance(current, torch.Tensor):
+                setattr(model, name, torch.as_tensor(value.reshape(tuple(current.shape)).copy()))
+            elif value.size == 1 and (current is None or isinstance(current, (int, float, np.floating))):
+                setattr(model, name, float(value.reshape(-1)[0]))  # a scalar stays a Python float
             else:
-                setattr(model, name, float(value))
-            model.__dict__.setdefault("_federated_norm", [])
-            if name not in model._federated_norm:
-                model._federated_norm = sorted(set(model._federated_norm) | {name})
+                setattr(model, name, torch.as_tensor(value.copy()))
+            model.__dict__["_federated_norm"] = sorted(set(model.__dict__.get("_federated_norm", [])) | {key})
     net.load_state_dict(new, strict=False)
 
 

@@ -169,6 +169,7 @@ def run_job(grid: Grid, job: dict) -> None:
     if resumed is not None:
         arrays, state = resumed
         done, shape, clinics, history = int(state["round"]), state["feature_shape"], state["clinics"], state["history"]
+        fixed = {k: arrays[k] for k in state.get("fixed", [])}
         core.write_json_line(progress, {"event": "resumed", "round": done, "time": time.time()})
     else:
         if job.get("resume"):
@@ -176,11 +177,21 @@ def run_job(grid: Grid, job: dict) -> None:
         normalisation, shape, clinics = agree_normalisation(grid, job, config)
         model = core.initial_model(experiment, shape, normalisation, seed=seed)
         arrays = core.model_arrays(model)
+        fixed = {k: arrays[k] for k in normalisation}
         done, history = 0, []
-        save_checkpoint(work, arrays, {"round": 0, "feature_shape": shape, "clinics": clinics, "history": history})
+        save_checkpoint(work, arrays, {"round": 0, "feature_shape": shape, "clinics": clinics, "history": history,
+                                       "fixed": sorted(fixed)})
         core.write_json_line(progress, {"event": "round", "round": 0, "clinics": len(clinics),
                                         "patients": [c["patients"] for c in clinics], "time": time.time()})
     config["round-offset"] = done  # clinics seed each round's shuffling by its number
+    shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+
+    def settle(record: ArrayRecord) -> dict[str, np.ndarray]:
+        """Aggregated arrays in their own shapes, the round-0 normalisation held fixed (no DP noise on it)."""
+        out = {k: np.asarray(v.numpy(), dtype=np.float32).reshape(shapes[k]) for k, v in record.items()}
+        out.update(fixed)
+        return out
+
     model_bytes = int(sum(a.nbytes for a in arrays.values()))
     rounds = int(job["rounds"])
     heldout = core.load_clinic(job["heldout"], experiment, valid_fraction=0.0) if job.get("heldout") else None
@@ -201,7 +212,10 @@ def run_job(grid: Grid, job: dict) -> None:
             replies = list(replies)
             seen["train_ok"] = sum(1 for r in replies if not r.has_error())
             seen["train_failed"] = [str(r.error.reason)[:200] for r in replies if r.has_error()]
-            return _orig(server_round, replies)
+            aggregated, metrics = _orig(server_round, replies)
+            if aggregated is not None:
+                aggregated = ArrayRecord({k: Array(v) for k, v in settle(aggregated).items()})
+            return aggregated, metrics
 
         def configure_evaluate(server_round, arrays_record, cfg, g, _orig=strategy.configure_evaluate):
             messages = list(_orig(server_round, arrays_record, cfg, g))
@@ -223,7 +237,7 @@ def run_job(grid: Grid, job: dict) -> None:
             if server_round == 0:
                 return None
             current = done + server_round
-            state = {k: v.numpy() for k, v in record.items()}
+            state = settle(record)
             entry = {"event": "round", "round": current, "rounds": rounds,
                      "clinics_trained": seen.get("train_ok", 0), "clinics_sampled": seen.get("train_sent", 0),
                      "failures": seen.get("train_failed", []),
@@ -240,7 +254,7 @@ def run_job(grid: Grid, job: dict) -> None:
                                                            "asthma_patients")}
             history.append({k: v for k, v in entry.items() if k not in {"event", "time"}})
             save_checkpoint(work, state, {"round": current, "feature_shape": shape, "clinics": clinics,
-                                          "history": history})
+                                          "history": history, "fixed": sorted(fixed)})
             core.write_json_line(progress, entry)
             return MetricRecord({"round": current})
 
@@ -248,7 +262,7 @@ def run_job(grid: Grid, job: dict) -> None:
                                 num_rounds=rounds - done, timeout=float(job.get("round_timeout", 3600)),
                                 train_config=config, evaluate_config=config, evaluate_fn=evaluate_fn)
         if len(result.arrays):
-            arrays = {k: v.numpy() for k, v in result.arrays.items()}
+            arrays = settle(result.arrays)
         if not history or int(history[-1]["round"]) != rounds:
             raise RuntimeError(f"the run stopped after round {history[-1]['round'] if history else done} "
                                f"of {rounds}")
