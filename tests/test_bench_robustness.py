@@ -1,0 +1,56 @@
+"""bench/bench_robustness.py: the perturbations are what they say, and a run writes a complete table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import bench_robustness as bench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def real(example_wavs):
+    from steth_hub.audio import decode
+
+    return decode(example_wavs[0])
+
+
+@pytest.mark.parametrize("snr", [60.0, 40.0, 30.0])
+def test_noise_has_the_stated_snr_and_is_seeded(real, snr):
+    x = real.samples.astype(np.float64)
+    noisy = bench.perturb(real.samples, real.sample_rate, "noise", snr, np.random.default_rng([0, 1, 2]))
+    measured = 10 * np.log10(np.mean(x ** 2) / np.mean((noisy - x) ** 2))
+    assert measured == pytest.approx(snr, abs=0.3)
+    again = bench.perturb(real.samples, real.sample_rate, "noise", snr, np.random.default_rng([0, 1, 2]))
+    assert np.array_equal(noisy, again)
+
+
+def test_8_bit_gain_and_resampling(real):
+    q = bench.perturb(real.samples, real.sample_rate, "bits", 8, None)
+    err = np.abs(q - real.samples)
+    assert np.allclose(q * 128, np.round(q * 128)) and err.max() <= 1 / 128 + 1e-6  # full scale clips to 127/128
+    assert np.mean(err <= 1 / 256 + 1e-6) > 0.95
+    louder = bench.perturb(real.samples, real.sample_rate, "gain", 6.0, None)
+    assert np.abs(louder).max() <= 1.0
+    quieter = bench.perturb(real.samples, real.sample_rate, "gain", -6.0, None)
+    assert np.allclose(quieter, real.samples * 10 ** (-6 / 20), atol=1e-6)
+    back = bench.perturb(real.samples, real.sample_rate, "resample", 8000, None)
+    assert back.shape == real.samples.shape
+
+
+def test_a_run_on_the_examples_writes_every_condition(tmp_path, examples_dir, capsys, one_torch_thread):
+    out = tmp_path / "r.json"
+    assert bench.main(["steth/ast-asthma", "--data", str(examples_dir), "--limit", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["condition"] for r in result["results"]] == [c[0] for c in bench.CONDITIONS]
+    for row in result["results"]:
+        assert row["n"] + row["rejected"] == 3 - result["clean_rejected"]
+        assert row["flip_rate"] is None or 0.0 <= row["flip_rate"] <= 1.0
+    assert "| noise 60 dB SNR |" in capsys.readouterr().out
