@@ -338,7 +338,7 @@ def test_a_loopback_deployment_survives_a_killed_clinic_restarts_and_loads(share
     wav = next((root / "src" / "kauh").glob("*.wav"))
     result = CliRunner().invoke(main, ["screen", "--model", str(out), str(wav), "--json"])
     assert result.exit_code == 0, result.output
-    assert 0.0 <= json.loads(result.output)[0]["probability"] <= 1.0
+    assert 0.0 <= json.loads(result.output)["results"][0]["probability"] <= 1.0
     loaded = steth_hub.from_pretrained(str(out))
     assert loaded.plugin_name == "ast" and loaded.metadata["federated"]["rounds"] == 2
 
