@@ -82,6 +82,9 @@ def load_experiment(config: str | os.PathLike | dict) -> Experiment:
             data[key] = {}
         if not isinstance(data[key], dict):
             raise ConfigError(f"'{key}' must be a mapping", path=source, fix=f"indent the {key} settings under '{key}:'")
+    from steth_hub.train import check_recipe_values  # light: numbers checked before any command does work
+
+    check_recipe_values(data["recipe"], source=source)
     name = data.get("name") or (Path(source).stem if source else data["classifier"])
     return Experiment(name=str(name), classifier=data["classifier"], model=data["model"],
                       preset=data.get("preset", "excerpt-10s"), recipe=data["recipe"],

@@ -220,6 +220,21 @@ AUGMENT_RULES = {"time_mask": ("int", 0, None, False), "freq_mask": ("int", 0, N
                  "mixup_alpha": ("float", 0.0, None, False)}
 
 
+def check_recipe_values(recipe, *, source=None) -> None:
+    """Type- and range-check a recipe's numeric values only (no transformers import): what
+    :func:`steth_hub.experiment.load_experiment` runs, so every command refuses ``learning_rate: fast``
+    before any work (``check_recipe`` adds the key checks when training starts)."""
+    if not isinstance(recipe, dict):
+        return
+    _check_values(recipe, VALUE_RULES, source, where="")
+    for key, rules in (("augment", AUGMENT_RULES), ("pretrain", PRETRAIN_RULES)):
+        if isinstance(recipe.get(key), dict):
+            _check_values(recipe[key], rules, source, where=f"{key}.")
+    if isinstance(recipe.get("class_weight"), (list, tuple)):
+        _check_values({"class_weight": list(recipe["class_weight"])}, {"class_weight": ("float", 0.0, None, False)},
+                      source, where="")
+
+
 def _check_values(values: dict, rules: dict, source, *, where: str) -> dict:
     """Type- and range-check the numeric values named in ``rules``; returns those values converted.
 

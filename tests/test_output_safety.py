@@ -236,3 +236,14 @@ def test_steth_train_refuses_a_bad_value_before_reading_the_corpus(tmp_path):
     result = CliRunner().invoke(main, ["train", "--config", str(config), "--corpus", str(tmp_path / "nowhere"),
                                        "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "learning_rate: 'fast'" in result.output, result.output
+
+
+def test_steth_evaluate_refuses_a_bad_value_before_any_training(example_corpus, tmp_path):
+    from steth_hub.cli import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("classifier: ast\nrecipe: {num_train_epochs: ten}\n")
+    result = CliRunner().invoke(main, ["evaluate", "--config", str(config), "--corpus", str(example_corpus),
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "num_train_epochs: 'ten'" in result.output, result.output
+    assert not (tmp_path / "run").exists()
