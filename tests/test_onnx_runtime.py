@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thr
 
 TOLERANCE = 1e-4  # the stated tolerance on P(asthma), per clip and per recording
 TINY_4K = {"size": "tiny", "num_hidden_layers": 1, "front_end": {"sampling_rate": 4000, "num_mel_bins": 64}}
+AST = "steth/ast-asthma"
 EMBEDDED = Path(__file__).resolve().parents[1] / "steth_hub" / "models" / "ast-asthma"
 
 
@@ -41,7 +42,7 @@ def _clips(model, paths) -> np.ndarray:
 def torch_model():
     from steth_hub.screening import load_model
 
-    return load_model(None, runtime="torch")
+    return load_model(AST, runtime="torch")
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +100,22 @@ def test_numpy_front_end_is_registered_without_torch():
 
 
 # --------------------------------------------------------------------------- the shipped export
-def test_embedded_model_ships_an_export_that_matches_its_weights():
-    meta = json.loads((EMBEDDED / "steth.json").read_text())
-    block = meta["onnx"]
-    assert (EMBEDDED / block["file"]).is_file()
-    assert block["frontend"]["name"] == "ast-fbank-numpy"
-    assert block["max_abs_diff"] <= block["tolerance"] <= TOLERANCE
+def test_every_embedded_model_ships_an_export_that_matches_its_weights():
+    from steth_hub.hub import DEFAULT_MODEL, EMBEDDED as SHIPPED
     from steth_hub.onnx_export import weights_digest
+    from steth_hub.registry import get_registry
 
-    assert block["weights"] == weights_digest(EMBEDDED)
+    shipped = {name: folder for name, folder in SHIPPED.items() if (folder / "steth.json").is_file()}
+    assert AST in shipped and DEFAULT_MODEL in shipped, sorted(shipped)
+    for name, folder in shipped.items():
+        block = json.loads((folder / "steth.json").read_text()).get("onnx")
+        assert block, f"{name} has no ONNX export: run `steth export {name}`"
+        assert (folder / block["file"]).is_file()
+        assert block["max_abs_diff"] <= block["tolerance"] <= TOLERANCE
+        assert block["weights"] == weights_digest(folder), f"{name}: re-export it (steth export {name})"
+        spec = get_registry().get("feature_extractor", block["frontend"]["name"])
+        assert not {"torch", "transformers"} & set(spec.requires), spec
+    assert json.loads((EMBEDDED / "steth.json").read_text())["onnx"]["frontend"]["name"] == "ast-fbank-numpy"
 
 
 def test_onnx_and_torch_agree_on_the_shipped_examples(torch_model, onnx_model, example_waveforms):
@@ -148,13 +156,14 @@ def test_screen_uses_the_light_runtime_by_default_and_torch_on_request(monkeypat
 
     monkeypatch.setattr(screening, "_MODEL_CACHE", {})
     monkeypatch.delenv("STETH_RUNTIME", raising=False)
-    light = screening.load_model()
+    assert isinstance(screening.load_model(), OnnxClassifier)  # the default model
+    light = screening.load_model(AST)
     assert isinstance(light, OnnxClassifier) and light.threshold == pytest.approx(0.49715016285578406)
     assert screening.load_model(light) is light
     heavy = screening.load_model(light, runtime="torch")  # what explain() asks for
     assert isinstance(heavy, Classifier)
     monkeypatch.setenv("STETH_RUNTIME", "torch")
-    assert isinstance(screening.load_model(), Classifier)
+    assert isinstance(screening.load_model(), Classifier) and isinstance(screening.load_model(AST), Classifier)
     a = screening.screen(example_wavs[2], model=light)
     b = screening.screen(example_wavs[2], model=heavy)
     assert abs(a.probability - b.probability) <= TOLERANCE and a.decision == b.decision

@@ -64,9 +64,9 @@ def test_screen_extra_alone_screens_the_examples_without_torch(tmp_path, example
 
     from steth_hub.screening import load_model, screen
 
-    heavy = load_model(None, runtime="torch")
+    heavy = load_model(None, runtime="torch")  # the default model, as the light venv screened with
     for got in light["results"]:
         want = screen(got["source"], model=heavy)
         assert abs(got["probability"] - want.probability) <= TOLERANCE, got["source"]
         assert got["decision"] == want.decision and got["warnings"] == want.warnings
-        assert got["n_clips"] == want.n_clips and got["model"] == want.model == "steth/ast-asthma"
+        assert got["n_clips"] == want.n_clips and got["model"] == want.model
