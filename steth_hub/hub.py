@@ -48,7 +48,8 @@ _MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: names answered by a folder shipped inside the package (no network, no cache)
 EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "ast-asthma"}
 #: the only files fetched from, or published to, the Hub
-SAFE_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.md", "*.txt", "*.yaml")
+#: (``*.onnx``: the light runtime's export, protobuf data that ONNX Runtime reads without running code)
+SAFE_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.md", "*.txt", "*.yaml", "*.onnx")
 #: code files, fetched only with ``trust_remote_code=True`` and a pinned revision
 CODE_PATTERNS: tuple[str, ...] = ("*.py",)
 #: the classifier plugin that adopts plain transformers AST checkpoints
