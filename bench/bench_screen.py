@@ -1,6 +1,6 @@
 """Screening speed on CPU with the default model: latency for one 10 s recording, throughput over many.
 
-    .venv/bin/python bench/bench_screen.py [--model steth/ast-asthma] [--files 40] [--repeat 5] [--threads N] [--out result.json]
+    .venv/bin/python bench/bench_screen.py [--model steth/efficientat-asthma] [--files 40] [--repeat 5] [--threads N] [--out result.json]
 
 Baseline, in the same process: decoding and preprocessing the same recordings (the work every
 screening does before the model runs). Reported: the median latency of ``screen()`` on one real
@@ -40,7 +40,7 @@ def _timed(fn, repeat: int) -> list[float]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder or name (default: the embedded steth/ast-asthma)")
+    parser.add_argument("--model", default=None, help="model folder or name (default: the embedded steth/efficientat-asthma)")
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
     many = _timed(lambda: screen_many(files, model=model, progress=False), 1)[0]
     results, failures = screen_many(files, model=model, progress=False)
     report = {
-        "source": source, "model": args.model or "steth/ast-asthma", "torch_threads": torch.get_num_threads(),
+        "source": source, "model": args.model or "steth/efficientat-asthma", "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "latency_one_10s_recording_s": statistics.median(screen_one),
         "baseline_decode_preprocess_s": statistics.median(base_one),

@@ -5,7 +5,7 @@ only when a feature that needs them is used. The public API is reached lazily:
 
     >>> import steth_hub
     >>> result = steth_hub.screen("recording.wav")          # doctest: +SKIP
-    >>> model = steth_hub.from_pretrained("steth/ast-asthma")  # doctest: +SKIP
+    >>> model = steth_hub.from_pretrained("steth/efficientat-asthma")  # doctest: +SKIP
 
 steth-hub gives screening support, not a diagnosis.
 """

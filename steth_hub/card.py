@@ -280,7 +280,8 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
     facts = dict(meta["card_facts"]) if isinstance(meta.get("card_facts"), Mapping) else {}
     return {
         "name": str(model_name),
-        "usage_name": repo_id or ("steth/ast-asthma" if model_name == "ast-asthma" else "path/to/model-folder"),
+        "usage_name": repo_id or (str(meta["name"]) if str(meta.get("name") or "").startswith("steth/")
+                                  else "path/to/model-folder"),
         "plugin": meta.get("plugin"),
         "distribution": meta.get("distribution"),
         "threshold": float(meta["threshold"]) if isinstance(meta.get("threshold"), (int, float)) else None,

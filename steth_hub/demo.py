@@ -749,7 +749,7 @@ def build_app(models: Sequence[Any] | Mapping[str, Any] | None = None, *,
 
     Args:
         models: the models to offer: Hub names, model folders or loaded classifiers (a mapping
-            gives them names). Default: the embedded ``steth/ast-asthma``.
+            gives them names). Default: the embedded ``steth/efficientat-asthma``.
         max_seconds: the longest recording accepted (checked from the header, before decoding).
         max_bytes: the largest upload accepted (checked before decoding).
         concurrency: requests screened at once; the rest wait in the queue.

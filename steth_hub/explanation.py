@@ -614,7 +614,7 @@ def explain(source, model=None, explainer: str | None = None, sample_rate: int |
     Args:
         source: a file path, its bytes, a :class:`~steth_hub.audio.Recording`, or a 1-D array
             (then ``sample_rate`` is needed).
-        model: None (the embedded ``steth/ast-asthma``), a model folder or Hub name, or a loaded
+        model: None (the embedded default ``steth/efficientat-asthma``), a model folder or Hub name, or a loaded
             :class:`~steth_hub.classifier.Classifier`.
         explainer: an explainer plugin name; default: the classifier's ``default_explainer``.
         sample_rate: the array's sample rate.

@@ -3,8 +3,9 @@
 A model is named by a folder or by a Hugging Face Hub repo id:
 
 * an existing folder is used as it is;
-* ``"steth/ast-asthma"`` with no revision is the model embedded in the package
-  (``steth_hub/models/ast-asthma``), so the default model works with no network and an empty cache;
+* ``"steth/efficientat-asthma"`` (the default) and ``"steth/ast-asthma"`` with no revision are the
+  models embedded in the package (``steth_hub/models/<name>``), so they work with no network and an
+  empty cache;
 * anything else is a Hub repo id, resolved through the Hugging Face cache with
   :func:`huggingface_hub.snapshot_download`. ``HF_HUB_OFFLINE``, ``revision``, ``cache_dir`` and
   ``token`` are respected; offline, a repo resolves from the cache or fails with an error that says
@@ -43,10 +44,11 @@ from steth_hub.errors import ModelError
 log = logging.getLogger(__name__)
 
 #: the default model's name; with no revision it is the embedded folder below
-DEFAULT_MODEL = "steth/ast-asthma"
+DEFAULT_MODEL = "steth/efficientat-asthma"
 _MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: names answered by a folder shipped inside the package (no network, no cache)
-EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "ast-asthma"}
+EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "efficientat-asthma",
+                              "steth/ast-asthma": _MODELS_DIR / "ast-asthma"}
 #: the only files fetched from, or published to, the Hub
 #: (``*.onnx``: the light runtime's export, protobuf data that ONNX Runtime reads without running code)
 SAFE_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.md", "*.txt", "*.yaml", "*.onnx")
@@ -66,9 +68,10 @@ def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
     """Load a classifier from a folder, the embedded default or a Hub repo id.
 
     Args:
-        name_or_path: a model folder, ``"steth/ast-asthma"`` (the embedded model) or a Hub repo id.
+        name_or_path: a model folder, an embedded model (``"steth/efficientat-asthma"``, the default, or
+            ``"steth/ast-asthma"``) or a Hub repo id.
         revision: a branch, tag or commit of the Hub repo. Any revision (even ``"main"``) sends
-            ``"steth/ast-asthma"`` to the Hub instead of the embedded copy.
+            an embedded name to the Hub instead of the embedded copy.
         cache_dir: the Hugging Face cache to use (default: ``HF_HUB_CACHE``).
         token: a Hub token for private repos (default: the saved login).
         local_files_only: only look in the cache; ``None`` follows ``HF_HUB_OFFLINE``.
@@ -125,7 +128,7 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None, *,
         if not (folder / STETH_METADATA).is_file():
             raise ModelError(
                 f"the embedded model {name!r} is missing from this installation", path=folder,
-                fix="reinstall steth-hub (the wheel ships steth_hub/models/ast-asthma), or pass a model folder, "
+                fix=f"reinstall steth-hub (the wheel ships {folder.relative_to(_MODELS_DIR.parent.parent)}), or pass a model folder, "
                     "or a revision to fetch it from the Hub",
             )
         _check_weights(folder)

@@ -1,7 +1,7 @@
 """Where a recording is screened: decode, preprocess, featurise and classify, with honest warnings.
 
 :func:`screen` takes one recording (a path, bytes, or an array with its sample rate) and a
-model (the embedded ``steth/ast-asthma`` by default) and returns a :class:`ScreeningResult`:
+model (the embedded ``steth/efficientat-asthma`` by default) and returns a :class:`ScreeningResult`:
 P(asthma) as the mean of the clip probabilities, the decision at the model's threshold,
 the clips used and every warning a user should see. :func:`screen_many` loads the model
 once and screens many files; a file that fails is reported and the rest go on.
@@ -314,7 +314,7 @@ def screen(path_or_array, sample_rate: int | None = None, model=None) -> Screeni
     Args:
         path_or_array: a file path, the file's bytes, or a 1-D array of samples.
         sample_rate: the array's sample rate (needed for arrays only).
-        model: None for the embedded ``steth/ast-asthma``, a model folder or Hub name, or a
+        model: None for the embedded default ``steth/efficientat-asthma``, a model folder or Hub name, or a
             loaded :class:`~steth_hub.classifier.Classifier`.
 
     Returns:

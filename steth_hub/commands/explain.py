@@ -22,7 +22,7 @@ def _png_for(file: Path, out: Path, many: bool) -> Path:
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "model", default=None,
-              help="Model folder or Hub name (default: the embedded steth/ast-asthma).")
+              help="Model folder or Hub name (default: the embedded steth/efficientat-asthma).")
 @click.option("--explainer", "explainer", default=None,
               help="Explainer plugin (default: integrated-gradients for ast, gradcam for densenet201; "
                    "see `steth plugins --kind explainer`).")

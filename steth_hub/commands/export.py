@@ -6,12 +6,12 @@ import click
 
 
 @click.command()
-@click.argument("model", default="steth/ast-asthma")
+@click.argument("model", default="steth/efficientat-asthma")
 @click.option("--tolerance", type=float, default=None,
               help="Largest accepted difference in P(asthma) per clip between torch and ONNX (default 1e-4).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
 def export(model, tolerance, opset):
-    """Export MODEL (a model folder, or steth/ast-asthma for the embedded one) to MODEL/model.onnx.
+    """Export MODEL (a model folder, or an embedded model: steth/efficientat-asthma, steth/ast-asthma) to MODEL/model.onnx.
 
     The network is exported with its normalisation (raw front-end features in, logits out) and
     checked against the torch model on the shipped example recordings before anything is

@@ -12,7 +12,7 @@ import click
 @click.command()
 @click.argument("files", nargs=-1, required=False, type=click.Path(dir_okay=True))
 @click.option("--model", "model", default=None,
-              help="Model folder or Hub name (default: the embedded steth/ast-asthma).")
+              help="Model folder or Hub name (default: the embedded steth/efficientat-asthma).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (results, failures, disclaimer).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--strict", is_flag=True,
