@@ -36,8 +36,14 @@ def partition(corpus, out, by, clinics, holdout_fold, seed, overwrite) -> None:
 @federated.command("run")
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
               help="Experiment config (classifier, model, preset, recipe), as for steth train.")
-@click.option("--clinics", "clinics", required=True, multiple=True, type=click.Path(file_okay=False),
-              help="A clinic's corpus folder; repeat, or give several after one --clinics.")
+@click.option("--clinics", "clinics", multiple=True, type=click.Path(file_okay=False),
+              help="A clinic's corpus folder; give several after one --clinics (each runs here on 127.0.0.1).")
+@click.option("--superlink", default=None,
+              help="HOST:PORT of a SuperLink already running here, clinics elsewhere (steth federated clinic); "
+                   "nothing else is started. Needs --min-clinics.")
+@click.option("--root-certificates", type=click.Path(dir_okay=False), default=None,
+              help="With --superlink: CA certificate of the SuperLink's TLS certificate (PEM).")
+@click.option("--insecure", is_flag=True, help="With --superlink: no TLS (a trusted test network only).")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Federated rounds.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @click.option("--heldout", type=click.Path(file_okay=False), default=None,
@@ -58,8 +64,9 @@ def partition(corpus, out, by, clinics, holdout_fold, seed, overwrite) -> None:
 @click.option("--name", default=None, help="Model name written into steth.json.")
 @click.option("--threads", type=int, default=None, help="Torch threads per process (default: torch's).")
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait for a round.")
-def run(config, clinics, rounds, out, heldout, strategy, proximal_mu, min_clinics, local_epochs, valid_fraction,
-        dp_noise, dp_clip, seed, more_clinics, resume, name, threads, timeout) -> None:
+def run(config, clinics, superlink, root_certificates, insecure, rounds, out, heldout, strategy, proximal_mu,
+        min_clinics, local_epochs, valid_fraction, dp_noise, dp_clip, seed, more_clinics, resume, name, threads,
+        timeout) -> None:
     """Run a federation on this machine: a SuperLink and one SuperNode per clinic on 127.0.0.1.
 
     Prints a line per round; stops every process it started; exits non-zero if no model was saved.
@@ -74,7 +81,8 @@ def run(config, clinics, rounds, out, heldout, strategy, proximal_mu, min_clinic
         summary = run_federation(config, [*clinics, *more_clinics], rounds, out, heldout=heldout, strategy=strategy,
                                  proximal_mu=proximal_mu, min_clinics=min_clinics, local_epochs=local_epochs,
                                  valid_fraction=valid_fraction, dp_noise=dp_noise, dp_clip=dp_clip, seed=seed,
-                                 resume=resume, name=name, threads=threads, timeout=timeout, echo=click.echo)
+                                 resume=resume, name=name, threads=threads, timeout=timeout, echo=click.echo,
+                                 superlink=superlink, root_certificates=root_certificates, insecure=insecure)
     except KeyboardInterrupt:
         click.echo("interrupted: every process the run started was stopped; --resume continues from the last "
                    "completed round", err=True)
@@ -91,17 +99,16 @@ def run(config, clinics, rounds, out, heldout, strategy, proximal_mu, min_clinic
               help="CA certificate of the SuperLink's TLS certificate (PEM).")
 @click.option("--insecure", is_flag=True, help="No TLS (a trusted test network only).")
 @click.option("--auth-private-key", type=click.Path(dir_okay=False), default=None,
-              help="This clinic's private key for SuperNode authentication (the SuperLink lists its public key).")
-@click.option("--auth-public-key", type=click.Path(dir_okay=False), default=None,
-              help="This clinic's public key for SuperNode authentication.")
+              help="This clinic's private key (SuperNode authentication; the coordinator registers the public key "
+                   "with `flwr supernode register`).")
 @click.option("--threads", type=int, default=None, help="Torch threads for training.")
-def clinic(superlink, corpus, root_certificates, insecure, auth_private_key, auth_public_key, threads) -> None:
+def clinic(superlink, corpus, root_certificates, insecure, auth_private_key, threads) -> None:
     """Run one clinic (a Flower SuperNode) against a SuperLink elsewhere, until stopped (Ctrl-C)."""
     from steth_hub.federated.deploy import run_clinic
 
     try:
         code = run_clinic(superlink, corpus, root_certificates=root_certificates, insecure=insecure,
-                          auth_private_key=auth_private_key, auth_public_key=auth_public_key, threads=threads)
+                          auth_private_key=auth_private_key, threads=threads)
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

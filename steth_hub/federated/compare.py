@@ -77,6 +77,45 @@ def train_alone(experiment: dict, train, heldout, *, rounds: int, local_epochs: 
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def replay_fedavg(experiment: dict, clinics: list, heldout, *, rounds: int, local_epochs: float, seed: int) -> dict:
+    """The federated protocol in one process: the same round 0, local training and clip-weighted averaging
+    as the deployment (without Flower's transport), for more seeds than the CPU allows real runs."""
+    import torch
+
+    started = time.perf_counter()
+    raws, stats, counts = [], [], []
+    for train in clinics:
+        model = core.new_classifier(experiment)
+        raw = core.featurise(model, train)
+        torch.manual_seed(seed)
+        core.fit_normalisation(model, raw)
+        raws.append(raw)
+        stats.append(core.normalisation_state(model))
+        counts.append(float(len(train)))
+    shape = raws[0].shape[1:]
+    norm = core.average(stats, counts)
+    arrays = core.model_arrays(core.initial_model(experiment, shape, norm, seed=seed))
+    fixed = {k: arrays[k] for k in norm}
+    settings = core.local_settings(experiment)
+    held_x = None
+    per_round = []
+    for rnd in range(1, rounds + 1):
+        updates = []
+        for train, raw in zip(clinics, raws):
+            model = core.model_from_arrays(experiment, arrays, shape)
+            core.train_local(model, model.normalise(raw), train.labels, epochs=local_epochs, settings=settings,
+                             seed=seed + rnd)
+            updates.append(core.model_arrays(model))
+        arrays = core.average(updates, counts)
+        arrays.update(fixed)
+        model = core.model_from_arrays(experiment, arrays, shape)
+        if held_x is None:
+            held_x = core.featurise(model, heldout)
+        per_round.append(_auroc(model, heldout, model.normalise(held_x))["auroc"])
+    return {"heldout": _scores(model, heldout, model.normalise(held_x)), "auroc_per_round": per_round,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 def compare(config, partition, *, rounds: int, local_epochs: float, federated=None, seed: int = 0,
             valid_fraction: float = 0.2) -> dict:
     import steth_hub
@@ -95,6 +134,8 @@ def compare(config, partition, *, rounds: int, local_epochs: float, federated=No
                                               seed=seed), sources=sorted({str(p).split(":")[0]
                                                                           for p in c.train.patient_ids}))
                        for name, c in clinics.items()}
+    result["replay"] = replay_fedavg(experiment, [c.train for c in clinics.values()], heldout, rounds=rounds,
+                                     local_epochs=local_epochs, seed=seed)
     if federated:
         model = steth_hub.from_pretrained(str(federated))
         raw = core.featurise(model, heldout)
@@ -136,11 +177,46 @@ def table(result: dict) -> str:
         patients = result["centralised"].get("patients", "")
         lines.append(row(f"federated ({fed['strategy']}, {len(result['alone'])} clinics)",
                          dict(fed, patients=patients), f"{per_round / 1e6:.2f} MB", f"{fed['wall_seconds']:.0f} s"))
+    if "replay" in result:
+        lines.append(row(f"FedAvg replayed in one process (seed {result['seed']})",
+                         dict(result["replay"], patients=result["centralised"].get("patients", "")), "-",
+                         f"{result['replay']['seconds']:.0f} s"))
     lines.append(row("centralised (recordings pooled)", result["centralised"], "-",
                      f"{result['centralised'].get('seconds', 0):.0f} s"))
     for name, entry in result["alone"].items():
         lines.append(row(f"{name} alone ({', '.join(entry['sources'])})", entry, "-",
                          f"{entry.get('seconds', 0):.0f} s" if entry.get("trained") else "-"))
+    return "\n".join(lines)
+
+
+def seeds_table(results: list[dict]) -> str:
+    """Held-out patient AUROC over seeds (each seed: its own validation split, initial weights, shuffling)."""
+    def cell(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        return f"{np.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    def get(result, path):
+        entry = result
+        for key in path:
+            entry = (entry or {}).get(key)
+        return entry
+
+    rows = [("FedAvg (the protocol replayed in one process)", ("replay",)),
+            ("centralised (recordings pooled)", ("centralised",))]
+    rows += [(f"{name} alone", ("alone", name)) for name in results[0]["alone"]]
+    seeds = ", ".join(str(r["seed"]) for r in results)
+    lines = [f"| training ({len(results)} seeds: {seeds}) | held-out AUROC pooled, mean (min-max) | "
+             "within KAUH, mean (min-max) |", "|---|---|---|"]
+    for label, path in rows:
+        pooled = [get(r, (*path, "heldout", "pooled", "auroc")) for r in results]
+        kauh = [get(r, (*path, "heldout", "kauh", "auroc")) for r in results]
+        if all(v is None for v in pooled):
+            reason = get(results[0], (*path, "reason")) or "n/a"
+            lines.append(f"| {label} | {reason} | |")
+        else:
+            lines.append(f"| {label} | {cell(pooled)} | {cell(kauh)} |")
     return "\n".join(lines)
 
 
@@ -151,18 +227,21 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--local-epochs", type=float, default=1.0)
     parser.add_argument("--federated", default=None, help="the model folder written by steth federated run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds; the federated model (--federated) is compared with the first")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     from steth_hub.fileio import atomic_write_json, atomic_write_text
 
-    result = compare(args.config, args.partition, rounds=args.rounds, local_epochs=args.local_epochs,
-                     federated=args.federated, seed=args.seed)
+    results = [compare(args.config, args.partition, rounds=args.rounds, local_epochs=args.local_epochs,
+                       federated=args.federated if i == 0 else None, seed=seed)
+               for i, seed in enumerate(args.seeds)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "comparison.json", result)
-    atomic_write_text(out / "comparison.md", table(result) + "\n")
-    print(table(result))
+    atomic_write_json(out / "comparison.json", results)
+    text = table(results[0]) + "\n\n" + seeds_table(results) + "\n"
+    atomic_write_text(out / "comparison.md", text)
+    print(text)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -437,8 +437,14 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
                    name: str | None = None, overrides: dict | None = None, timeout: float = 3600.0,
                    threads: int | None = None, work: str | os.PathLike | None = None,
                    echo: Callable[[str], None] = print, on_progress: Callable[[dict, ProcessGroup], None] | None = None,
-                   message_log: str | os.PathLike | None = None, keep_home: bool = False) -> dict:
+                   message_log: str | os.PathLike | None = None, keep_home: bool = False,
+                   superlink: str | None = None, root_certificates: str | os.PathLike | None = None,
+                   insecure: bool = False) -> dict:
     """Run a whole federation on this machine (loopback only) and save the global model to ``out``.
+
+    With ``superlink`` (HOST:PORT of a SuperLink already running, on this machine, clinics elsewhere)
+    nothing is started but ``flwr run``: the clinics connect with ``steth federated clinic`` and
+    ``min_clinics`` of them are awaited. TLS needs ``root_certificates`` unless ``insecure``.
 
     Returns a summary: the progress entries, the PIDs started and stopped, the seconds taken.
     ``on_progress(entry, processes)`` is called for every progress entry (tests kill a clinic there).
@@ -451,7 +457,16 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
     if strategy not in ("fedavg", "fedprox"):
         raise ConfigError(f"strategy {strategy!r} is not fedavg or fedprox", fix="use --strategy fedavg or fedprox")
     clinics = [Path(c) for c in clinics]
-    if len(clinics) < 1:
+    if superlink:
+        if clinics:
+            raise ConfigError("--clinics starts clinics on this machine; with --superlink the clinics run elsewhere",
+                              fix="drop --clinics (start each clinic with steth federated clinic) or --superlink")
+        if not min_clinics:
+            raise ConfigError("with --superlink, say how many clinics to wait for", fix="pass --min-clinics N")
+        if not insecure and not root_certificates:
+            raise ConfigError("the SuperLink is reached over TLS: give its CA certificate",
+                              fix="pass --root-certificates ca.crt (or --insecure on a trusted test network only)")
+    elif len(clinics) < 1:
         raise ConfigError("no clinic corpus given", fix="pass --clinics DIR (one per clinic)")
     for c in clinics:
         if not (c / "corpus.json").is_file():
@@ -463,7 +478,7 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
     if int(rounds) < 1:
         raise ConfigError(f"--rounds must be at least 1, got {rounds}", fix="use --rounds 3")
     min_clinics = int(min_clinics if min_clinics is not None else len(clinics))
-    if not 1 <= min_clinics <= len(clinics):
+    if not 1 <= min_clinics <= (len(clinics) if not superlink else min_clinics):
         raise ConfigError(f"--min-clinics {min_clinics} must be between 1 and the {len(clinics)} clinics",
                           fix=f"use --min-clinics {len(clinics)} or fewer")
     experiment = experiment_dict(config)
@@ -482,9 +497,14 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
     home = Path(tempfile.mkdtemp(prefix="steth-flwr-home-"))
     env = flower_environment(home, threads)
     port = free_port()
-    atomic_write_text(home / "config.toml",
-                      f'[superlink]\ndefault = "steth"\n\n[superlink.steth]\naddress = "{LOOPBACK}:{port}"\n'
-                      'insecure = true\n')
+    connection = f'[superlink]\ndefault = "steth"\n\n[superlink.steth]\n'
+    if superlink:
+        connection += f"address = {_toml_string(superlink)}\n"
+        connection += ("insecure = true\n" if insecure else
+                       f"root-certificates = {_toml_string(Path(root_certificates).resolve())}\n")
+    else:
+        connection += f'address = "{LOOPBACK}:{port}"\ninsecure = true\n'
+    atomic_write_text(home / "config.toml", connection)
     job = {"experiment": experiment, "rounds": int(rounds), "out": str(out), "work": str(work.resolve()),
            "heldout": str(Path(heldout).resolve()) if heldout else "", "strategy": strategy,
            "proximal_mu": float(proximal_mu), "min_clinics": min_clinics, "local_epochs": float(local_epochs),
@@ -500,10 +520,12 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
     flwr_run = None
     try:
         superlink_log = logs / "superlink.log"
-        link = procs.start("superlink", [_executable("flower-superlink"), "--insecure", "--host", LOOPBACK,
-                                         "--port", str(port), "--database", str(home / "state.db")],
-                           env, superlink_log)
-        _wait_for_port(port, link, "flower-superlink", superlink_log)
+        link = None
+        if not superlink:
+            link = procs.start("superlink", [_executable("flower-superlink"), "--insecure", "--host", LOOPBACK,
+                                             "--port", str(port), "--database", str(home / "state.db")],
+                               env, superlink_log)
+            _wait_for_port(port, link, "flower-superlink", superlink_log)
         for i, clinic in enumerate(clinics, start=1):
             node_config = home / f"clinic-{i}.toml"
             lines = [f"corpus = {_toml_string(clinic.resolve())}", f'clinic = "clinic-{i}"']
@@ -540,7 +562,7 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
                     except subprocess.TimeoutExpired:
                         pass
                 break
-            if link.poll() is not None:
+            if link is not None and link.poll() is not None:
                 raise FederatedRunError(f"the SuperLink exited ({link.returncode}): {_tail(superlink_log)}",
                                         path=superlink_log, fix="read the log")
             if time.time() > deadline:
@@ -568,8 +590,7 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
 
 # --------------------------------------------------------------------------- one clinic alone
 def run_clinic(superlink: str, corpus, *, root_certificates: str | None = None, insecure: bool = False,
-               auth_private_key: str | None = None, auth_public_key: str | None = None,
-               port: int | None = None, threads: int | None = None) -> int:
+               auth_private_key: str | None = None, port: int | None = None, threads: int | None = None) -> int:
     """Run one clinic (a SuperNode) against a SuperLink elsewhere, in the foreground, until it stops or Ctrl-C."""
     flower_available()
     corpus = Path(corpus)
@@ -587,11 +608,8 @@ def run_clinic(superlink: str, corpus, *, root_certificates: str | None = None, 
     argv = [_executable("flower-supernode"), "--superlink", superlink, "--host", LOOPBACK,
             "--port", str(port or free_port()), "--node-config", str(node_config)]
     argv += ["--insecure"] if insecure else ["--root-certificates", str(root_certificates)]
-    if auth_private_key or auth_public_key:
-        if not (auth_private_key and auth_public_key):
-            raise ConfigError("node authentication needs both keys",
-                              fix="pass --auth-private-key and --auth-public-key")
-        argv += ["--auth-supernode-private-key", auth_private_key, "--auth-supernode-public-key", auth_public_key]
+    if auth_private_key:  # the SuperLink (--enable-supernode-auth) knows the public key: flwr supernode register
+        argv += ["--auth-supernode-private-key", str(auth_private_key)]
     procs = ProcessGroup(home / "pids.json")
     proc = None
     try:
