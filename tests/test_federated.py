@@ -399,3 +399,24 @@ def test_a_scalar_statistic_stays_a_float_whatever_shape_it_comes_back_in(exampl
     core.load_arrays(model, {"norm.mean": np.array([-3.5], dtype=np.float32),
                              "norm.bin_mean": np.zeros((32,), dtype=np.float32)})
     assert isinstance(model.mean, float) and model.mean == -3.5 and tuple(model.bin_mean.shape) == (32,)
+
+
+def test_the_efficientat_plugin_goes_through_the_same_code_unchanged(example_merged):
+    """An AudioSet-encoder classifier (normalisation in network buffers, a head to train alone)."""
+    from steth_hub.federated import core
+
+    experiment = core.experiment_dict({"classifier": "efficientat", "preset": "excerpt-10s",
+                                       "model": {"encoder": "mn04", "mode": "finetune"},
+                                       "recipe": {"per_device_train_batch_size": 4, "freeze_encoder": True}})
+    data = core.load_clinic(example_merged, experiment, valid_fraction=0.0)
+    clips = data.train.subset(np.arange(min(6, len(data.train))))
+    model = core.new_classifier(experiment)
+    features = core.featurise(model, clips)
+    assert core.fit_normalisation(model, features) == ["net.embedding_mean", "net.embedding_std"]
+    start = core.initial_model(experiment, features.shape[1:], core.normalisation_state(model), seed=0)
+    before = core.model_arrays(start)
+    core.train_local(start, start.normalise(features), clips.labels, epochs=1,
+                     settings=core.local_settings(experiment), seed=0)
+    after = core.model_arrays(start)
+    changed = {k for k in after if not np.array_equal(after[k], before[k])}
+    assert changed and all(k.startswith("net.head.") for k in changed)  # freeze_encoder: the head alone learns

@@ -315,7 +315,7 @@ def train_local(model, features, labels, *, epochs: float, settings: dict, proxi
     batch = max(1, int(settings["per_device_train_batch_size"]))
     steps = max(1, int(round(float(epochs) * int(np.ceil(n / batch)))))
     generator = torch.Generator().manual_seed(int(seed))
-    net.train()
+    net.train(not settings.get("freeze_encoder"))  # a frozen encoder keeps its batch-norm statistics
     losses, step, order = [], 0, torch.empty(0, dtype=torch.long)
     while step < steps:
         if len(order) == 0:
