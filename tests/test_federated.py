@@ -420,3 +420,38 @@ def test_the_efficientat_plugin_goes_through_the_same_code_unchanged(example_mer
     after = core.model_arrays(start)
     changed = {k for k in after if not np.array_equal(after[k], before[k])}
     assert changed and all(k.startswith("net.head.") for k in changed)  # freeze_encoder: the head alone learns
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.timeout(600)
+def test_ctrl_c_or_sigterm_stops_every_process_and_the_run_resumes_from_its_last_round(shared_partition, tmp_path):
+    import signal
+
+    from steth_hub.federated.deploy import _alive
+
+    root, config = shared_partition
+    parts = root / "parts"
+    out = tmp_path / "model"
+    argv = [sys.executable, "-m", "steth_hub.cli", "federated", "run", "--config", str(config), "--clinics",
+            str(parts / "clinic-1"), str(parts / "clinic-2"), "--rounds", "2", "--out", str(out), "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line.rstrip())
+        if line.startswith("round 1/2"):
+            proc.send_signal(signal.SIGTERM)  # what a terminal's Ctrl-C does to the launcher, by another name
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, seen + [rest]
+    assert "every process the run started was stopped" in rest
+    pids = json.loads((tmp_path / "model.federated" / "pids.json").read_text())["pids"]
+    assert len(pids) >= 4 and not [p for p in pids if _alive(int(p))]
+    assert not (out / "steth.json").exists()
+
+    result = subprocess.run(argv + ["--resume"], capture_output=True, text=True, env=env, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from the global model saved after round 1" in result.stdout
+    assert "round 2/2" in result.stdout and "round 1/2" not in result.stdout and "round 0" not in result.stdout
+    assert json.loads((out / "steth.json").read_text())["federated"]["rounds"] == 2

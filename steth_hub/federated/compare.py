@@ -157,8 +157,9 @@ def _fmt(entry: dict | None) -> str:
 
 
 def table(result: dict) -> str:
-    sources = sorted({k for row in [result["centralised"], *result["alone"].values()]
-                      for k in (row.get("heldout") or {}) if k != "pooled"})
+    rows = [result["centralised"], *result["alone"].values(), result.get("replay") or {}, result.get("federated") or {}]
+    sources = sorted({k for row in rows for k, v in (row.get("heldout") or {}).items()
+                      if k != "pooled" and v.get("auroc") is not None})  # a source with one class has no AUROC
     head = "| training | patients trained on | held-out AUROC, pooled | " + " | ".join(
         f"held-out AUROC within {s.upper()}" for s in sources) + " | rounds x local epochs | bytes per round | wall |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
