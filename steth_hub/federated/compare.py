@@ -77,7 +77,8 @@ def train_alone(experiment: dict, train, heldout, *, rounds: int, local_epochs: 
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def replay_fedavg(experiment: dict, clinics: list, heldout, *, rounds: int, local_epochs: float, seed: int) -> dict:
+def replay_fedavg(experiment: dict, clinics: list, heldout, *, rounds: int, local_epochs: float, seed: int,
+                  proximal_mu: float = 0.0) -> dict:
     """The federated protocol in one process: the same round 0, local training and clip-weighted averaging
     as the deployment (without Flower's transport), for more seeds than the CPU allows real runs."""
     import torch
@@ -104,7 +105,7 @@ def replay_fedavg(experiment: dict, clinics: list, heldout, *, rounds: int, loca
         for train, raw in zip(clinics, raws):
             model = core.model_from_arrays(experiment, arrays, shape)
             core.train_local(model, model.normalise(raw), train.labels, epochs=local_epochs, settings=settings,
-                             seed=seed + rnd)
+                             seed=seed + rnd, proximal_mu=proximal_mu)
             updates.append(core.model_arrays(model))
         arrays = core.average(updates, counts)
         arrays.update(fixed)
@@ -117,7 +118,7 @@ def replay_fedavg(experiment: dict, clinics: list, heldout, *, rounds: int, loca
 
 
 def compare(config, partition, *, rounds: int, local_epochs: float, federated=None, seed: int = 0,
-            valid_fraction: float = 0.2) -> dict:
+            valid_fraction: float = 0.2, proximal_mu: float = 0.0) -> dict:
     import steth_hub
 
     experiment = core.experiment_dict(config)
@@ -136,6 +137,10 @@ def compare(config, partition, *, rounds: int, local_epochs: float, federated=No
                        for name, c in clinics.items()}
     result["replay"] = replay_fedavg(experiment, [c.train for c in clinics.values()], heldout, rounds=rounds,
                                      local_epochs=local_epochs, seed=seed)
+    if proximal_mu > 0:
+        result["replay_fedprox"] = dict(replay_fedavg(experiment, [c.train for c in clinics.values()], heldout,
+                                                      rounds=rounds, local_epochs=local_epochs, seed=seed,
+                                                      proximal_mu=proximal_mu), mu=proximal_mu)
     if federated:
         model = steth_hub.from_pretrained(str(federated))
         raw = core.featurise(model, heldout)
@@ -204,8 +209,11 @@ def seeds_table(results: list[dict]) -> str:
             entry = (entry or {}).get(key)
         return entry
 
-    rows = [("FedAvg (the protocol replayed in one process)", ("replay",)),
-            ("centralised (recordings pooled)", ("centralised",))]
+    rows = [("FedAvg (the protocol replayed in one process)", ("replay",))]
+    if "replay_fedprox" in results[0]:
+        rows.append((f"FedProx, mu {results[0]['replay_fedprox']['mu']:g} (replayed)", ("replay_fedprox",)))
+    rows += [
+             ("centralised (recordings pooled)", ("centralised",))]
     rows += [(f"{name} alone", ("alone", name)) for name in results[0]["alone"]]
     seeds = ", ".join(str(r["seed"]) for r in results)
     lines = [f"| training ({len(results)} seeds: {seeds}) | held-out AUROC pooled, mean (min-max) | "
@@ -230,12 +238,13 @@ def main(argv=None) -> None:
     parser.add_argument("--federated", default=None, help="the model folder written by steth federated run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="seeds; the federated model (--federated) is compared with the first")
+    parser.add_argument("--mu", type=float, default=0.0, help="also replay FedProx with this proximal weight")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     from steth_hub.fileio import atomic_write_json, atomic_write_text
 
     results = [compare(args.config, args.partition, rounds=args.rounds, local_epochs=args.local_epochs,
-                       federated=args.federated if i == 0 else None, seed=seed)
+                       federated=args.federated if i == 0 else None, seed=seed, proximal_mu=args.mu)
                for i, seed in enumerate(args.seeds)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
