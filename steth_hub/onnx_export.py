@@ -213,7 +213,11 @@ def export_onnx(classifier, directory: str | os.PathLike, *, waveforms: np.ndarr
 
     from steth_hub.fileio import atomic_write_bytes
 
-    atomic_write_bytes(directory / ONNX_FILE, data)
+    try:
+        atomic_write_bytes(directory / ONNX_FILE, data)
+    except OSError as exc:
+        raise ModelError(f"cannot write {ONNX_FILE}: {exc}", path=directory,
+                         fix="copy the model folder somewhere writable and export that copy") from exc
     band = classifier.band_hz() if callable(getattr(classifier, "band_hz", None)) else None
     return {
         "file": ONNX_FILE,
@@ -242,7 +246,11 @@ def record_export(directory: str | os.PathLike, block: dict) -> None:
 
     meta = read_metadata(directory)
     meta[ONNX_KEY] = block
-    atomic_write_json(Path(directory) / STETH_METADATA, meta)
+    try:
+        atomic_write_json(Path(directory) / STETH_METADATA, meta)
+    except OSError as exc:
+        raise ModelError(f"cannot update {STETH_METADATA}: {exc}", path=directory,
+                         fix="copy the model folder somewhere writable and export that copy") from exc
 
 
 def export_folder(directory: str | os.PathLike, model=None, **kwargs) -> dict:
