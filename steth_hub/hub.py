@@ -128,7 +128,7 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None, *,
         if not (folder / STETH_METADATA).is_file():
             raise ModelError(
                 f"the embedded model {name!r} is missing from this installation", path=folder,
-                fix=f"reinstall steth-hub (the wheel ships {folder.relative_to(_MODELS_DIR.parent.parent)}), or pass a model folder, "
+                fix=f"reinstall steth-hub (the wheel ships steth_hub/models/{folder.name}), or pass a model folder, "
                     "or a revision to fetch it from the Hub",
             )
         _check_weights(folder)

@@ -218,12 +218,12 @@ def test_models_are_listed_with_their_plugin_and_loaded_once(catalog, screener, 
 def test_the_default_model_is_offered_first_or_said_to_be_unavailable():
     catalog = demo.ModelCatalog()
     (label, name), = catalog.choices()
-    assert name == "steth/ast-asthma"
+    assert name == "steth/efficientat-asthma"
     entry = catalog.entries[name]
     if entry.error is None:
-        assert label == f"steth/ast-asthma ({entry.plugin}, embedded default)"
+        assert label == f"steth/efficientat-asthma ({entry.plugin}, embedded default)"
     else:  # the embedded model is not in this checkout yet: listed, with the reason kept
-        assert label == "steth/ast-asthma (unavailable)" and entry.error.fix
+        assert label == "steth/efficientat-asthma (unavailable)" and entry.error.fix
 
 
 def test_warm_up_loads_the_default_model_before_the_first_visitor(tiny_dir, monkeypatch):

@@ -158,7 +158,7 @@ def test_steth_demo_serves_the_page(tiny_dir, tmp_path):
         assert page.status_code == 200 and "steth-hub demo" in page.text
         dropdown = next(c for c in config["components"] if c["props"].get("elem_id") == "steth-model")
         labels = [choice[0] for choice in dropdown["props"]["choices"]]
-        assert labels[0].startswith("steth/ast-asthma") and "tiny-mfcc (mfcc-logreg)" in labels
+        assert labels[0].startswith("steth/efficientat-asthma") and "tiny-mfcc (mfcc-logreg)" in labels
         assert config["max_file_size"] == 2**20
         texts = " ".join(str(c["props"].get("value")) for c in config["components"])
         assert "mfcc-logreg" in texts and "Installed classifier plugins" in texts

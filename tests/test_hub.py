@@ -129,25 +129,27 @@ def test_repo_missing_from_the_cache_offline_says_how_to_get_it(hf_cache):
 
 def test_default_alias_loads_the_embedded_folder_offline_with_an_empty_cache(hf_cache, tmp_path, tiny_dir, clips,
                                                                           monkeypatch):
-    monkeypatch.setitem(hub.EMBEDDED, hub.DEFAULT_MODEL, tiny_dir)
-    model = hub.from_pretrained("steth/ast-asthma")
-    assert model.threshold == pytest.approx(0.37)
-    assert model.predict_proba(clips).shape == (len(clips),)
-    assert list(hf_cache.iterdir()) == []  # nothing fetched, nothing cached
-    # any revision means the Hub, which is not in the (empty) cache
-    with pytest.raises(ModelError, match="not in the Hugging Face cache"):
-        hub.from_pretrained("steth/ast-asthma", revision="main")
-    # an installation without the embedded folder fails clearly
-    monkeypatch.setitem(hub.EMBEDDED, hub.DEFAULT_MODEL, tmp_path / "missing")
-    with pytest.raises(ModelError, match="embedded model .* is missing"):
-        hub.from_pretrained("steth/ast-asthma")
+    assert hub.DEFAULT_MODEL == "steth/efficientat-asthma" and "steth/ast-asthma" in hub.EMBEDDED
+    for name in (hub.DEFAULT_MODEL, "steth/ast-asthma"):  # every embedded name resolves the same way
+        monkeypatch.setitem(hub.EMBEDDED, name, tiny_dir)
+        model = hub.from_pretrained(name)
+        assert model.threshold == pytest.approx(0.37)
+        assert model.predict_proba(clips).shape == (len(clips),)
+        assert list(hf_cache.iterdir()) == []  # nothing fetched, nothing cached
+        # any revision means the Hub, which is not in the (empty) cache
+        with pytest.raises(ModelError, match="not in the Hugging Face cache"):
+            hub.from_pretrained(name, revision="main")
+        # an installation without the embedded folder fails clearly
+        monkeypatch.setitem(hub.EMBEDDED, name, tmp_path / "missing")
+        with pytest.raises(ModelError, match="embedded model .* is missing"):
+            hub.from_pretrained(name)
 
 
 def test_shipped_default_model_works_offline(hf_cache, clips):
     folder = hub.EMBEDDED[hub.DEFAULT_MODEL]
     if not (folder / STETH_METADATA).is_file():
         pytest.skip(f"the embedded model is not trained yet ({folder} has no steth.json)")
-    model = hub.from_pretrained("steth/ast-asthma")
+    model = hub.from_pretrained(hub.DEFAULT_MODEL)
     prob = model.predict_proba(clips[:, :model.sample_rate] if model.sample_rate == 16000 else clips)
     assert np.all((prob >= 0) & (prob <= 1))
     assert list(hf_cache.iterdir()) == []
@@ -391,7 +393,7 @@ def test_steth_screen_with_the_default_model_name_offline(example_wavs, tmp_path
 
 def test_steth_screen_resolves_the_default_name_offline_with_an_empty_cache(hf_cache, tmp_path, example_wavs,
                                                                            monkeypatch):
-    """`steth screen --model steth/ast-asthma` goes through the embedded alias (a tiny stand-in model here)."""
+    """`steth screen --model steth/efficientat-asthma` goes through the embedded alias (a tiny stand-in model here)."""
     from click.testing import CliRunner
 
     from steth_hub.cli import COMMANDS, _available, main
@@ -405,7 +407,7 @@ def test_steth_screen_resolves_the_default_name_offline_with_an_empty_cache(hf_c
     # screen keeps loaded models per name for the process: give this test its own, so the stand-in
     # neither meets an earlier test's model nor outlives this test
     monkeypatch.setattr(importlib.import_module("steth_hub.screening"), "_MODEL_CACHE", {})
-    result = CliRunner().invoke(main, ["screen", str(example_wavs[0]), "--model", "steth/ast-asthma", "--json"])
+    result = CliRunner().invoke(main, ["screen", str(example_wavs[0]), "--model", hub.DEFAULT_MODEL, "--json"])
     assert result.exit_code == 0, result.output
     assert '"probability"' in result.output and '"threshold": 0.37' in result.output
     assert list(hf_cache.iterdir()) == []

@@ -19,8 +19,9 @@ from steth_hub.screening import DISCLAIMER, ScreeningResult, screen, screen_many
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest.py)
 
-EXPECTED = Path(__file__).parent / "data" / "ast_asthma_expected.json"
-EMBEDDED = Path(__file__).resolve().parents[1] / "steth_hub" / "models" / "ast-asthma"
+MODELS = Path(__file__).resolve().parents[1] / "steth_hub" / "models"
+#: the default model's folder (steth/efficientat-asthma)
+EMBEDDED = MODELS / "efficientat-asthma"
 
 
 @pytest.fixture(scope="module")
@@ -208,12 +209,14 @@ def test_missing_model_folder_is_a_clear_error(tmp_path, example_wavs):
 
 # --------------------------------------------------------------------------- the embedded model
 @pytest.mark.skipif(not (EMBEDDED / "steth.json").is_file(), reason="the embedded model is not trained yet")
-def test_embedded_model_matches_recorded_values_on_the_examples(examples_dir):
-    """The shipped model's probabilities on the shipped examples are the ones recorded when it was trained."""
-    expected = json.loads(EXPECTED.read_text())
-    assert expected["model_sha256"] == _sha256(EMBEDDED / "model.safetensors"), \
-        "the model changed: regenerate tests/data/ast_asthma_expected.json (python configs/record_expected.py)"
-    results, failures = screen_many(sorted(examples_dir.glob("*/*.wav")), progress=False)
+@pytest.mark.parametrize("name,folder", [(None, "efficientat-asthma"), ("steth/ast-asthma", "ast-asthma")])
+def test_embedded_model_matches_recorded_values_on_the_examples(examples_dir, name, folder):
+    """Each shipped model's probabilities on the shipped examples are the ones recorded when it was trained
+    (None: the default model, steth/efficientat-asthma)."""
+    expected = json.loads((Path(__file__).parent / "data" / f"{folder.replace('-', '_')}_expected.json").read_text())
+    assert expected["model_sha256"] == _sha256(MODELS / folder / "model.safetensors"), \
+        f"the model changed: regenerate tests/data/{folder.replace('-', '_')}_expected.json (configs/record_expected.py)"
+    results, failures = screen_many(sorted(examples_dir.glob("*/*.wav")), model=name, progress=False)
     assert not failures
     got = {str(Path(r.source).relative_to(examples_dir)): r for r in results}
     assert set(got) == set(expected["probabilities"])
@@ -230,7 +233,7 @@ def test_cli_says_which_model_answered_and_how_good_it_was(examples_dir):
     auroc = format_value(meta["evaluation"]["model"]["levels"]["patient"]["auroc"])
     out = CliRunner().invoke(main, ["screen", "--quiet", *map(str, sorted(examples_dir.glob("kauh/*.wav")))])
     assert out.exit_code == 0, out.output
-    assert f"Model: steth/ast-asthma, threshold {meta['threshold']:.3f}" in out.output
+    assert f"Model: steth/efficientat-asthma, threshold {meta['threshold']:.3f}" in out.output
     assert f"patient-level AUROC {auroc}" in out.output and "MFCC baseline" in out.output
     kauh = format_value(meta["evaluation"]["model"]["subgroups"]["source=kauh"]["auroc"])
     assert f"within one source: kauh {kauh}" in out.output  # the pooled figure is not the whole story
@@ -242,7 +245,10 @@ def test_embedded_model_is_small_safetensors_with_its_facts():
     size = (EMBEDDED / "model.safetensors").stat().st_size
     assert size <= 25 * 1024 * 1024
     meta = json.loads((EMBEDDED / "steth.json").read_text())
-    assert meta["plugin"] == "ast" and meta["preset"]["name"] == "excerpt-10s"
+    assert meta["plugin"] == "efficientat" and meta["preset"]["name"] == "excerpt-10s"
+    assert meta["card_facts"]["mode"] == "finetune"  # a frozen copy of the third-party encoder never ships
+    assert (EMBEDDED / "LICENSE-pretrained").read_text().startswith("MIT License")  # EfficientAT's notice kept
+    assert (EMBEDDED / "model.onnx").is_file() and meta["onnx"]["frontend"]["name"] == "efficientat-mel"
     training = meta["training"]
     assert training["corpus"]["patients_by_label"]["asthma"] > 10 and training["epochs"] > 0
     assert "Youden" in training["threshold_from"] and meta["evaluation"]["n_folds"] == 5
