@@ -182,6 +182,13 @@ def test_run_refuses_a_non_torch_classifier_and_bad_folders(example_merged, tmp_
                                        str(example_merged), "--rounds", "1", "--out", str(tmp_path / "m"),
                                        "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.output
+    result = CliRunner().invoke(main, ["federated", "run", "--config", str(config), "--clinics",
+                                       str(example_merged), str(example_merged), "--rounds", "1", "--out",
+                                       str(tmp_path / "m")])
+    assert result.exit_code == 2 and "given twice" in result.output
+    result = CliRunner().invoke(main, ["federated", "run", "--config", str(config), "--superlink",
+                                       "127.0.0.1:1", "--rounds", "1", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "--min-clinics" in result.output
     result = CliRunner().invoke(main, ["federated", "clinic", "--superlink", "127.0.0.1:1", "--corpus",
                                        str(example_merged)])
     assert result.exit_code == 2 and "--root-certificates" in result.output

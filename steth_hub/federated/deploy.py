@@ -468,6 +468,9 @@ def run_federation(config, clinics: Sequence[str | os.PathLike], rounds: int, ou
                               fix="pass --root-certificates ca.crt (or --insecure on a trusted test network only)")
     elif len(clinics) < 1:
         raise ConfigError("no clinic corpus given", fix="pass --clinics DIR (one per clinic)")
+    if len({c.resolve() for c in clinics}) != len(clinics):
+        raise ConfigError("a clinic corpus is given twice: its patients would count twice",
+                          fix="pass each clinic's corpus folder once")
     for c in clinics:
         if not (c / "corpus.json").is_file():
             raise ConfigError("not a corpus folder (no corpus.json)", path=c,
