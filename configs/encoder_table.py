@@ -1,13 +1,15 @@
 """The pretrained-encoder comparison table, and the selection rule of configs/README.md applied to it.
 
-    .venv/bin/python configs/encoder_table.py runs/efficientat-asthma/eval [--extra NAME=DIR ...] [--out table.md]
+    .venv/bin/python configs/encoder_table.py runs/efficientat-asthma/eval [MORE ...] [--out table.md]
+    .venv/bin/python configs/encoder_table.py configs/results          # the kept reports
 
-Reads ``DIR/seedS/<model>/evaluation.json`` (written by configs/reproduce_efficientat_asthma.sh, one
-folder per fold seed) and prints, per model and fold seed, the patient-level AUROC within KAUH and
-pooled, and sensitivity / specificity at each fold's own threshold, with their 95% patient-bootstrap
-intervals; then the mean within-KAUH AUROC over the seeds and which candidate the rule chooses.
-``--extra NAME=DIR`` adds another run's seed folders (e.g. the AST trials) to the same table.
-Numbers come from the reports only; nothing is typed by hand.
+Reads every ``evaluation.json`` under the folders given (``seedS/<model>/evaluation.json`` as
+configs/reproduce_efficientat_asthma.sh writes them, or ``<trial>.seedS.evaluation.json`` as kept
+in configs/results/) whose folds were recomputed with ``--folds 5 --seed S`` for S in 0, 1, 2, and
+prints, per model and fold seed, the patient-level AUROC within KAUH and pooled, and sensitivity /
+specificity at each fold's own threshold, with their 95% patient-bootstrap intervals; then the
+mean within-KAUH AUROC over the seeds and which candidate the rule chooses. Runs on the same fold
+seed share their folds (the fingerprint is checked). Numbers come from the reports only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from pathlib import Path
 SHIPPABLE = ("efficientat-asthma",)
 BAR = 0.05
 TIE = 0.01
+SEEDS = (0, 1, 2)
+#: how the table names the trials kept under other names
+NAMES = {"fe4k-pre30-lp": "ast-asthma"}
+#: the rows shown (the earlier AST trials in configs/results/ are left out)
+SHOWN = ("efficientat-asthma", "efficientat-probe", "ast-asthma-distilled", "ast-asthma", "mfcc-logreg")
 
 
 def _fmt(entry) -> str:
@@ -38,20 +45,22 @@ def _rows(block: dict) -> dict:
             "spec": patient.get("specificity")}
 
 
-def collect(folders: dict[str, Path]) -> dict[str, dict[int, dict]]:
-    """``{model: {seed: rows}}`` with the MFCC baseline of every report under the name ``mfcc-logreg``."""
+def collect(folders: list[Path]) -> dict[str, dict[int, dict]]:
+    """``{model: {seed: rows}}``; the MFCC baseline of every report is kept under ``mfcc-logreg``."""
     table: dict[str, dict[int, dict]] = {}
-    for folder in folders.values():
-        for seed_dir in sorted(folder.glob("seed*")):
-            try:
-                seed = int(seed_dir.name[4:])
-            except ValueError:
-                continue
-            for report_path in sorted(seed_dir.glob("*/evaluation.json")):
-                report = json.loads(report_path.read_text())
-                table.setdefault(report["name"], {})[seed] = _rows(report["model"])
-                if report.get("baseline"):
-                    table.setdefault("mfcc-logreg", {})[seed] = _rows(report["baseline"])
+    fingerprints: dict[int, str] = {}
+    paths = sorted({p for folder in folders for p in Path(folder).rglob("*evaluation.json")})
+    for path in paths:
+        report = json.loads(path.read_text())
+        protocol = report.get("protocol") or {}
+        if protocol.get("folds_from") != "recomputed" or report.get("quick") or int(protocol.get("seed", -1)) not in SEEDS:
+            continue
+        seed = int(protocol["seed"])
+        if fingerprints.setdefault(seed, protocol["folds_fingerprint"]) != protocol["folds_fingerprint"]:
+            raise SystemExit(f"{path}: fold seed {seed} has other folds than the runs before it (another corpus?)")
+        table.setdefault(NAMES.get(report["name"], report["name"]), {})[seed] = _rows(report["model"])
+        if report.get("baseline"):
+            table.setdefault("mfcc-logreg", {})[seed] = _rows(report["baseline"])
     return table
 
 
@@ -62,15 +71,13 @@ def mean_kauh(per_seed: dict[int, dict], seeds: list[int]) -> float | None:
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="the folder holding seed0/, seed1/, ...")
-    parser.add_argument("--extra", action="append", default=[], help="NAME=DIR of further seed folders")
+    parser.add_argument("folders", type=Path, nargs="+", help="folders holding evaluation reports")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
-    folders = {"main": args.folder}
-    folders.update({name: Path(d) for name, d in (e.split("=", 1) for e in args.extra)})
-    table = collect(folders)
+    table = {name: rows for name, rows in collect(args.folders).items() if name in SHOWN}
+    table = {name: table[name] for name in SHOWN if name in table}
     seeds = sorted({s for per_seed in table.values() for s in per_seed})
-    main_seeds = sorted({s for s in table.get("efficientat-asthma", {})})
+    main_seeds = list(SEEDS)
     lines = ["| model | fold seed | AUROC within KAUH (76 patients, 25 asthma) | AUROC pooled (103) | sensitivity | "
              "specificity |", "|---|---|---|---|---|---|"]
     for name, per_seed in table.items():
