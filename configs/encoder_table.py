@@ -73,6 +73,8 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+", help="folders holding evaluation reports")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    parser.add_argument("--model-dir", type=Path, help="record the table as the comparison in this model's "
+                        "steth.json (then `steth card MODEL_DIR` shows it)")
     args = parser.parse_args(argv)
     table = {name: rows for name, rows in collect(args.folders).items() if name in SHOWN}
     table = {name: table[name] for name in SHOWN if name in table}
@@ -101,6 +103,15 @@ def main(argv=None) -> str:
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)
+    if args.model_dir:
+        from steth_hub.fileio import atomic_write_json
+
+        path = args.model_dir / "steth.json"
+        meta = json.loads(path.read_text())
+        meta["comparison"] = {"table": text.strip(), "note": "Patient-grouped 5-fold cross-validation, fold seeds "
+                              "0-2 (steth evaluate --folds 5 --seed S), 95% patient-bootstrap intervals; written by "
+                              "configs/encoder_table.py from the reports in configs/results/."}
+        atomic_write_json(path, meta)
     print(text)
     return text
 

@@ -263,23 +263,25 @@ def test_the_comparison_steth_train_recorded_is_shown_and_cards_copy_under_the_l
     assert [p.name for p in cards.iterdir()] == ["some-model.md"]
 
 
-def test_readme_results_table_quotes_the_embedded_models_own_evaluation():
-    """The README's results table is written by hand; it must not drift from the shipped model's report."""
-    from steth_hub.evaluate import format_value
-    from steth_hub.hub import EMBEDDED
+def test_readme_results_table_is_the_kept_reports_and_quotes_the_default_models_own_evaluation():
+    """The README's results table is configs/encoder_table.py's output on configs/results/ (no hand-typed
+    number), and the default model's steth.json evaluation is its fold-seed-0 row."""
+    import runpy
 
-    meta = json.loads((EMBEDDED["steth/ast-asthma"] / "steth.json").read_text())
-    patient = meta["evaluation"]["model"]["levels"]["patient"]
+    from steth_hub.evaluate import format_value
+    from steth_hub.hub import DEFAULT_MODEL, EMBEDDED
+
+    script = runpy.run_path(str(REPO / "configs" / "encoder_table.py"))
+    expected = script["main"]([str(REPO / "configs" / "results")]).strip().split("\n\nMean")[0]
     readme = (REPO / "README.md").read_text()
-    table = readme.split("<!-- results-table -->")[1].split("<!-- /results-table -->")[0]
-    row = next(line for line in table.splitlines() if line.startswith("| `steth/ast-asthma`"))
+    table = readme.split("<!-- results-table -->")[1].split("<!-- /results-table -->")[0].strip()
+    assert table == expected
+    meta = json.loads((EMBEDDED[DEFAULT_MODEL] / "steth.json").read_text())
+    model = meta["evaluation"]["model"]
+    row = next(line for line in table.splitlines() if line.startswith("| efficientat-asthma | 0 |"))
+    assert format_value(model["subgroups"]["source=kauh"]["auroc"]) in row  # within KAUH first
     for metric in ("auroc", "sensitivity", "specificity"):
-        assert format_value(patient[metric]) in row, (metric, format_value(patient[metric]), row)
-    assert format_value(meta["evaluation"]["model"]["subgroups"]["source=kauh"]["auroc"]) in row  # within KAUH
-    baseline = meta["evaluation"]["baseline"]
-    row = next(line for line in table.splitlines() if "MFCC" in line)
-    assert format_value(baseline["levels"]["patient"]["auroc"]) in row
-    assert format_value(baseline["subgroups"]["source=kauh"]["auroc"]) in row
+        assert format_value(model["levels"]["patient"][metric]) in row, (metric, row)
 
 
 def test_model_specific_limitations_and_the_front_end_note(model_dir):
