@@ -82,6 +82,22 @@ BUILTIN_PRESETS: dict[str, dict] = {
             {"normalise": {"method": "peak"}},
         ],
     },
+    "excerpt-10s-floor": {
+        "description": ("excerpt-10s with a common noise floor: the same white noise 35 dB below each "
+                        "recording's RMS is added before band-limiting, so how silent a recording chain's "
+                        "quietest moments are (a noise gate, a digital filter, 8-bit storage) cannot stand in "
+                        "for the label. The default model's preset."),
+        "steps": [
+            {"min-duration": {"seconds": 6.0}},
+            {"clipping": {"method": "plateau"}},
+            {"trim": {"seconds": 0.5}},
+            {"noise-floor": {"snr_db": 35.0}},
+            {"bandlimit": {"max_hz": 2000.0}},
+            {"resample": {"sample_rate": 16000}},
+            {"cut": {"seconds": 5.0, "overlap": 60.0}},
+            {"normalise": {"method": "peak"}},
+        ],
+    },
     "paper": {
         "description": ("The paper's values: >= 14 s, clipping rejected (with the working plateau detector: the "
                         "paper's p95 rule, method paper-p95, rejects every recording), 2 s trimmed each end, "
@@ -141,6 +157,35 @@ class Trim:
                                     "use a longer recording, or a preset that trims less")
             out.append(Clip(clip.samples[n:len(clip.samples) - n], clip.sample_rate, clip.recording_id,
                             clip.start + n / float(clip.sample_rate), clip.index))
+        return out
+
+
+class NoiseFloor:
+    """Step ``noise-floor``: add white noise ``snr_db`` below the clip's RMS, the same noise every time.
+
+    Recordings differ in how silent their quietest moments are (a recorder's noise gate, a
+    stethoscope's digital filter, 8-bit storage), and a model can learn that floor instead of the
+    breath sounds: then an inaudible change of the recording chain flips its decision
+    (``bench/bench_robustness.py``). A common floor ``snr_db`` below the signal masks any quieter
+    one. The noise comes from a fixed seed, so screening stays deterministic; put the step before
+    ``bandlimit`` so the floor shares the signal's band.
+    """
+
+    def __init__(self, snr_db: float = 35.0, seed: int = 0):
+        if not 10.0 <= float(snr_db) <= 120.0:
+            raise ConfigError(f"noise-floor snr_db must be between 10 and 120 dB, got {snr_db}",
+                              fix="e.g. snr_db: 35 (the floor 35 dB below the recording's RMS)")
+        self.params = {"snr_db": float(snr_db), "seed": int(seed)}
+
+    def __call__(self, clips: list[Clip]) -> list[Clip]:
+        out = []
+        for clip in clips:
+            x = np.asarray(clip.samples, dtype=np.float32)
+            rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
+            noise = np.random.default_rng(self.params["seed"]).standard_normal(len(x)).astype(np.float32)
+            level = rms * 10.0 ** (-self.params["snr_db"] / 20.0)
+            out.append(Clip((x + level * noise).astype(np.float32), clip.sample_rate, clip.recording_id, clip.start,
+                            clip.index))
         return out
 
 

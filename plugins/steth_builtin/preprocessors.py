@@ -12,6 +12,8 @@ _STEPS = (
     ("clipping", "Reject clipped recordings (method: plateau | full-scale | paper-p95)",
      "steth_hub.clipping:ClippingCheck"),
     ("trim", "Cut `seconds` off each end (paper: 2 s)", "steth_hub.preprocess:Trim"),
+    ("noise-floor", "Add the same white noise `snr_db` below each recording's RMS (masks recording-chain floors)",
+     "steth_hub.preprocess:NoiseFloor"),
     ("bandlimit", "Low-pass to `max_hz` so all recordings share one band (removes the sample-rate shortcut)",
      "steth_hub.preprocess:BandLimit"),
     ("resample", "Resample to `sample_rate` with soxr", "steth_hub.preprocess:Resample"),
