@@ -5,19 +5,20 @@
 #   bash configs/reproduce_efficientat_asthma.sh
 #
 # 1. import KAUH and ICBHI and merge them (duplicates, conflicts, patient folds: the importers);
-# 2. the comparison of configs/README.md ("Pretrained encoders"): patient-grouped 5-fold
-#    cross-validation with fold seeds 0, 1 and 2 of the frozen probe (efficientat-probe) and the
-#    fine-tuned model (efficientat-asthma), the MFCC baseline on the same folds beside them;
-#    every report goes to $WORK/eval/seedS/;
+# 2. the comparisons of configs/README.md ("Pretrained encoders"): patient-grouped 5-fold
+#    cross-validation with fold seeds 0, 1 and 2 of the frozen probe (efficientat-probe), the
+#    fine-tuned model (efficientat-asthma) and the same with a common noise floor
+#    (efficientat-asthma-floor, the shipped recipe), the MFCC baseline on the same folds beside
+#    them; every report goes to $WORK/eval/seedS/;
 # 3. the final model on every patient (no validation split), for the recipe's epochs, threshold at
-#    the maximum Youden's J of the fold-seed-0 out-of-fold recording probabilities, that evaluation
+#    the maximum Youden's J of the fold-seed-0 out-of-fold recording probabilities (floor recipe), that evaluation
 #    stored in its steth.json; the EfficientAT licence beside the weights; the ONNX export
 #    (steth export) for the light runtime; the card.
 #
 # Environment: STETH_HUB_SHARED_DATA (default ../shared/data/lung-sounds), STETH_HUB_SHARED_MODELS
 # (default ../shared/models), WORK (default runs/efficientat-asthma), OUT (default $WORK/model;
 # OUT=steth_hub/models/efficientat-asthma replaces the shipped model), SEEDS (default "0 1 2"),
-# STETH (default: steth on PATH, else .venv/bin/steth). About 70 minutes on 2 busy CPU cores
+# STETH (default: steth on PATH, else .venv/bin/steth). About 100 minutes on 2 busy CPU cores
 # (the fine-tuning dominates: about 2 minutes per fold).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,13 +38,15 @@ fi
 "$STETH" corpus merge "$WORK/corpora/all" "$WORK/corpora/kauh" "$WORK/corpora/icbhi" --quiet
 for S in $SEEDS; do
   "$STETH" evaluate --config configs/efficientat-probe.yaml --config configs/efficientat-asthma.yaml \
+      --config configs/efficientat-asthma-floor.yaml \
       --corpus "$WORK/corpora/all" --out "$WORK/eval/seed$S" --folds 5 --seed "$S" --overwrite
 done
 FIRST=${SEEDS%% *}
-"$STETH" train --config configs/efficientat-asthma.yaml --corpus "$WORK/corpora/all" --out "$OUT" \
-    --valid-fraction 0 --epochs 6 --evaluation "$WORK/eval/seed$FIRST/efficientat-asthma/evaluation.json" \
+"$STETH" train --config configs/efficientat-asthma-floor.yaml --corpus "$WORK/corpora/all" --out "$OUT" \
+    --valid-fraction 0 --epochs 6 --evaluation "$WORK/eval/seed$FIRST/efficientat-asthma-floor/evaluation.json" \
     --name steth/efficientat-asthma --checkpoints "$WORK/checkpoints" --quiet
 cp "$MODELS/efficientat-mn04-as/LICENSE" "$OUT/LICENSE-pretrained"
 "$STETH" export "$OUT"
+.venv/bin/python configs/encoder_table.py "$WORK/eval" --model-dir "$OUT"   # the comparison, into steth.json
 "$STETH" card "$OUT"
 echo "model: $OUT   evaluations: $WORK/eval/seed*/"
