@@ -29,6 +29,12 @@ def recordings(limit: int) -> tuple[list[Path], str]:
     return [Path(p) for p in picked], source
 
 
+def _duration(path) -> float:
+    import soundfile
+
+    return soundfile.info(str(path)).duration
+
+
 def _timed(fn, repeat: int) -> list[float]:
     times = []
     for _ in range(repeat):
@@ -79,6 +85,9 @@ def main(argv=None) -> dict:
         "latency_one_10s_recording_s": statistics.median(screen_one),
         "baseline_decode_preprocess_s": statistics.median(base_one),
         "latency_ratio_to_baseline": statistics.median(screen_one) / statistics.median(base_one),
+        # seconds of computing per second of audio (the recording lasts 10 s); below 1 is faster than real time
+        "real_time_factor": statistics.median(screen_one) / _duration(one),
+        "runtime": type(model).__name__,
         "files": len(files), "screened": len(results), "failed": len(failures),
         "throughput_recordings_per_s": len(files) / many,
         "baseline_recordings_per_s": len(files) / base_many,
