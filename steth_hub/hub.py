@@ -3,8 +3,9 @@
 A model is named by a folder or by a Hugging Face Hub repo id:
 
 * an existing folder is used as it is;
-* ``"steth/efficientat-asthma"`` (the default) and ``"steth/ast-asthma"`` with no revision are the
-  models embedded in the package (``steth_hub/models/<name>``), so they work with no network and an
+* ``"steth/efficientat-asthma"`` (the default), ``"steth/efficientat-asthma-floor"`` (the same with
+  a common noise floor: more robust) and ``"steth/ast-asthma"`` with no revision are the models
+  embedded in the package (``steth_hub/models/<name>``), so they work with no network and an
   empty cache;
 * anything else is a Hub repo id, resolved through the Hugging Face cache with
   :func:`huggingface_hub.snapshot_download`. ``HF_HUB_OFFLINE``, ``revision``, ``cache_dir`` and
@@ -48,6 +49,7 @@ DEFAULT_MODEL = "steth/efficientat-asthma"
 _MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: names answered by a folder shipped inside the package (no network, no cache)
 EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "efficientat-asthma",
+                              "steth/efficientat-asthma-floor": _MODELS_DIR / "efficientat-asthma-floor",
                               "steth/ast-asthma": _MODELS_DIR / "ast-asthma"}
 #: the only files fetched from, or published to, the Hub
 #: (``*.onnx``: the light runtime's export, protobuf data that ONNX Runtime reads without running code)

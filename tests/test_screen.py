@@ -209,7 +209,8 @@ def test_missing_model_folder_is_a_clear_error(tmp_path, example_wavs):
 
 # --------------------------------------------------------------------------- the embedded model
 @pytest.mark.skipif(not (EMBEDDED / "steth.json").is_file(), reason="the embedded model is not trained yet")
-@pytest.mark.parametrize("name,folder", [(None, "efficientat-asthma"), ("steth/ast-asthma", "ast-asthma")])
+@pytest.mark.parametrize("name,folder", [(None, "efficientat-asthma"), ("steth/ast-asthma", "ast-asthma"),
+                                         ("steth/efficientat-asthma-floor", "efficientat-asthma-floor")])
 def test_embedded_model_matches_recorded_values_on_the_examples(examples_dir, name, folder):
     """Each shipped model's probabilities on the shipped examples are the ones recorded when it was trained
     (None: the default model, steth/efficientat-asthma)."""
