@@ -15,19 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def clips() -> ClipSet:
-    from steth_hub.errors import RecordingRejected
-    from steth_hub.preprocess import Preprocessor
-
-    pre, sets = Preprocessor("excerpt-10s"), []
-    for path in sorted((REPO / "steth_hub" / "examples").glob("*/*.wav")):
-        try:
-            cut = pre.run(path, path.stem)
-        except RecordingRejected:
-            continue
-        label = 1 if "asthma" in path.name.split(",")[0].lower() else 0
-        sets.append(ClipSet.from_clips(cut, [label] * len(cut), [path.stem.split("_")[0]] * len(cut)))
-    return ClipSet.concatenate(sets)
+def clips(example_clipset) -> ClipSet:
+    return example_clipset
 
 
 TEACHER = {"name": "teacher", "classifier": "mfcc-logreg", "model": {}, "preset": "excerpt-10s", "recipe": {}}

@@ -42,21 +42,8 @@ def pretrained(mn04_dir):
 
 
 @pytest.fixture(scope="module")
-def example_clips() -> ClipSet:
-    """The shipped examples cut by the default preset, labelled from their file names (never the annotation)."""
-    from steth_hub.errors import RecordingRejected
-    from steth_hub.preprocess import Preprocessor
-
-    pre = Preprocessor("excerpt-10s")
-    sets = []
-    for path in sorted((REPO / "steth_hub" / "examples").glob("*/*.wav")):
-        try:
-            clips = pre.run(path, path.stem)
-        except RecordingRejected:  # the clipped ICBHI example
-            continue
-        label = 1 if "asthma" in path.name.split(",")[0].lower() else 0
-        sets.append(ClipSet.from_clips(clips, [label] * len(clips), [path.stem.split("_")[0]] * len(clips)))
-    return ClipSet.concatenate(sets)
+def example_clips(example_clipset) -> ClipSet:
+    return example_clipset
 
 
 # --------------------------------------------------------------------------- the front end
