@@ -5,15 +5,12 @@ names it. The plugin below is a separate distribution on disk, found through its
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PLUGIN = '''
-import numpy as np
 
 from steth_hub import ClassifierSpec, hookimpl
 from steth_hub.train import TorchClassifier
