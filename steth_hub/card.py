@@ -301,6 +301,8 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "age_range": data.get("age_range"),
         "evaluation": summary,
         "facts": facts,
+        # federated provenance (steth_hub/federated writes it): clinics, rounds, patients per clinic (counts only)
+        "federated": dict(meta["federated"]) if isinstance(meta.get("federated"), Mapping) else None,
         "is_transformers": facts.get("library") == "transformers",
         "not_evaluated": NOT_EVALUATED,
         "license": meta.get("license") or "apache-2.0",

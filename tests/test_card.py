@@ -359,3 +359,15 @@ def test_card_edge_cases_from_hand_written_steth_json(model_dir):
     assert "| parameters | 81 |" in text  # coef + intercept; scalers and batch-norm statistics are not learnt
     assert "front end works at 8000 Hz" in text
 
+
+
+def test_card_states_the_federated_provenance_counts_only(model_dir):
+    meta = json.loads((model_dir / "steth.json").read_text())
+    assert "Federated training" not in render_card(model_dir)
+    meta["federated"] = {"strategy": "fedavg", "rounds": 3, "local_epochs": 1.0, "clinics": 2,
+                         "patients_per_clinic": [61, 20], "asthma_patients_per_clinic": [20, 0],
+                         "differential_privacy": {"mechanism": "Gaussian", "noise_multiplier": 0.3, "clipping_norm": 1.0}}
+    (model_dir / "steth.json").write_text(json.dumps(meta))
+    text = render_card(model_dir)
+    assert "across 2 clinics for\n3 rounds" in text and "Patients per clinic: 61, 20" in text
+    assert "noise multiplier 0.3" in text and "\n\n## Intended use" in text
