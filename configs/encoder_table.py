@@ -28,7 +28,8 @@ SEEDS = (0, 1, 2)
 #: how the table names the trials kept under other names
 NAMES = {"fe4k-pre30-lp": "ast-asthma"}
 #: the rows shown (the earlier AST trials in configs/results/ are left out)
-SHOWN = ("efficientat-asthma-floor", "efficientat-asthma", "efficientat-probe", "ast-asthma-distilled", "ast-asthma", "mfcc-logreg")
+SHOWN = ("efficientat-asthma-floor", "efficientat-asthma", "efficientat-probe", "ast-asthma-distilled", "ast-asthma",
+         "mfcc-logreg", "mfcc-logreg (excerpt-10s-floor)")
 
 
 def _fmt(entry) -> str:
@@ -61,8 +62,11 @@ def collect(folders: list[Path]) -> dict[str, dict[int, dict]]:
         if fingerprints.setdefault(seed, protocol["folds_fingerprint"]) != protocol["folds_fingerprint"]:
             raise SystemExit(f"{path}: fold seed {seed} has other folds than the runs before it (another corpus?)")
         table.setdefault(NAMES.get(report["name"], report["name"]), {})[seed] = _rows(report["model"])
-        if report.get("baseline"):
-            table.setdefault("mfcc-logreg", {})[seed] = _rows(report["baseline"])
+        if report.get("baseline"):  # the baseline on the report's own preset
+            preset = ((report.get("experiment") or {}).get("preset") or {})
+            preset = preset.get("name") if isinstance(preset, dict) else preset
+            name = "mfcc-logreg" if preset in (None, "excerpt-10s") else f"mfcc-logreg ({preset})"
+            table.setdefault(name, {})[seed] = _rows(report["baseline"])
     return table
 
 
