@@ -11,6 +11,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PLUGIN = '''
+import numpy as np
 
 from steth_hub import ClassifierSpec, hookimpl
 from steth_hub.train import TorchClassifier
