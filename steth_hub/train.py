@@ -897,16 +897,35 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
         "seed": seed,
         "pretrain": pretrained,
     }
-    # the decision threshold: Youden's J on the validation recordings, else on the training ones
-    ref = valid if valid_x is not None else train
     if recipe.get("threshold", "youden") == "youden":
-        from steth_hub.metrics import recording_threshold
-
-        probs = classifier.predict_proba(ref.waveforms)  # as a saved model will see them (cached features)
-        classifier.threshold = recording_threshold(ref.labels, probs, ref.recording_ids)
-        history["threshold"] = classifier.threshold
-        history["threshold_from"] = "validation recordings" if valid_x is not None else "training recordings"
+        choose_threshold(classifier, train, valid if valid_x is not None else None, history)
     return history
+
+
+def choose_threshold(classifier, train, valid, history: dict) -> None:
+    """The decision threshold: Youden's J on the validation recordings, else on the training ones
+    (probabilities as a saved model will see them); recorded in ``history``."""
+    from steth_hub.metrics import recording_threshold
+
+    ref = valid if valid is not None and len(valid) else train
+    probs = classifier.predict_proba(ref.waveforms)
+    classifier.threshold = recording_threshold(ref.labels, probs, ref.recording_ids)
+    history["threshold"] = classifier.threshold
+    history["threshold_from"] = "validation recordings" if ref is valid else "training recordings"
+
+
+def training_facts(train, history: dict) -> dict:
+    """What a model records about the clips it was fitted on (for its card), from the ClipSet and the history."""
+    return {
+        "n_clips": int(len(train)),
+        "clips_by_label": {"not_asthma": int((train.labels == 0).sum()), "asthma": int((train.labels == 1).sum())},
+        "n_recordings": int(len(np.unique(train.recording_ids))),
+        "n_patients": int(len(np.unique(train.patient_ids))),
+        "global_step": history.get("global_step", 0),
+        "epochs": history.get("epochs", 0.0),
+        "stopped_early": history.get("stopped_early", False),
+        "seed": history.get("seed"),
+    }
 
 
 # --------------------------------------------------------------------------- shared classifier code
@@ -952,16 +971,7 @@ class TorchClassifier(Classifier):
         if distilled is not None:
             history["distillation"] = distilled
             self.metadata.setdefault("training", {})["distillation"] = distilled
-        self.metadata.setdefault("training", {}).update({
-            "n_clips": int(len(train)),
-            "clips_by_label": {"not_asthma": int((train.labels == 0).sum()), "asthma": int((train.labels == 1).sum())},
-            "n_recordings": int(len(np.unique(train.recording_ids))),
-            "n_patients": int(len(np.unique(train.patient_ids))),
-            "global_step": history["global_step"],
-            "epochs": history["epochs"],
-            "stopped_early": history["stopped_early"],
-            "seed": history["seed"],
-        })
+        self.metadata.setdefault("training", {}).update(training_facts(train, history))
         return history
 
     def predict_features(self, features) -> np.ndarray:

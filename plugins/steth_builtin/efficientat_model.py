@@ -201,10 +201,12 @@ class EfficientATClassifier(TorchClassifier):
         probe = self._fit_probe(features, train.labels, seed=int(recipe.get("seed", 42)))
         probe["seconds"] = round(time.perf_counter() - started, 3)
         if self.mode == "frozen":
+            from steth_hub.train import choose_threshold, training_facts
+
             history = {"probe": probe, "global_step": 0, "epochs": 0.0, "stopped_early": False,
                        "seed": int(recipe.get("seed", 42)), "device": "cpu", "train_seconds": probe["seconds"]}
-            self._choose_threshold(train, valid, history)
-            self.metadata.setdefault("training", {}).update(self._training_facts(train, history))
+            choose_threshold(self, train, valid, history)
+            self.metadata.setdefault("training", {}).update(training_facts(train, history))
             return history
         history = super().fit(train, valid, recipe, out_dir, **kwargs)
         history["probe"] = probe
@@ -226,25 +228,6 @@ class EfficientATClassifier(TorchClassifier):
             net.head.bias[1] = float(probe.intercept_[0])
         return {"C": self.C, "n_clips": int(len(z)), "n_features": int(z.shape[1]),
                 "train_accuracy": round(float(probe.score(z, np.asarray(labels))), 4)}
-
-    def _choose_threshold(self, train, valid, history: dict) -> None:
-        from steth_hub.metrics import recording_threshold
-
-        ref = valid if valid is not None and len(valid) else train
-        probs = self.predict_proba(ref.waveforms)
-        self.threshold = recording_threshold(ref.labels, probs, ref.recording_ids)
-        history["threshold"] = self.threshold
-        history["threshold_from"] = "validation recordings" if ref is valid else "training recordings"
-
-    @staticmethod
-    def _training_facts(train, history: dict) -> dict:
-        return {"n_clips": int(len(train)),
-                "clips_by_label": {"not_asthma": int((train.labels == 0).sum()),
-                                   "asthma": int((train.labels == 1).sum())},
-                "n_recordings": int(len(np.unique(train.recording_ids))),
-                "n_patients": int(len(np.unique(train.patient_ids))),
-                "global_step": history.get("global_step", 0), "epochs": history.get("epochs", 0.0),
-                "stopped_early": False, "seed": history.get("seed")}
 
     # -- what the core asks a classifier (explainers, cards, warnings) ------------
     def input_grid(self, n_rows: int, n_cols: int):
