@@ -80,10 +80,12 @@ EXTRA_KEYS = {
     "freeze_encoder",           # true: the Trainer trains the classification head only (after pretrain)
     "encoder_lr_scale",         # the encoder's learning rate = this x learning_rate (needs encoder_parameters)
     "distill",                  # {teacher: experiment config, alpha, copies, noise_snr_db, gain_db}: see distillation_set
+    "noisy_copies",             # {copies, noise_snr_db: [lo, hi], gain_db, max_hz}: see with_noisy_copies
 }
 
 PRETRAIN_KEYS = {"epochs", "learning_rate", "weight_decay", "batch_size"}
 DISTILL_KEYS = {"teacher", "alpha", "copies", "noise_snr_db", "gain_db"}
+NOISY_COPIES_KEYS = {"copies", "noise_snr_db", "gain_db", "max_hz", "seed"}
 
 #: TrainingArguments we set ourselves; a recipe may not override them
 MANAGED_KEYS = {"output_dir", "use_cpu", "report_to", "remove_unused_columns", "label_names",
@@ -161,6 +163,9 @@ def check_recipe(recipe: dict, *, source: str | None = None) -> dict:
         raise ConfigError(f"bad 'distill' setting {distill!r}", path=source,
                           fix="use distill: {teacher: configs/efficientat-asthma.yaml} (optional: alpha in [0, 1], "
                               "copies, noise_snr_db, gain_db)")
+    noisy = recipe.get("noisy_copies")
+    if noisy is not None:
+        _check_noisy_copies(noisy, source)
     pretrain = recipe.get("pretrain") or {}
     if not isinstance(pretrain, dict) or set(pretrain) - PRETRAIN_KEYS:
         raise ConfigError(f"bad 'pretrain' setting {pretrain!r}", path=source,
@@ -729,21 +734,87 @@ def training_arguments(recipe: dict, out_dir: Path, *, has_valid: bool, cuda: bo
 
 
 def augmented_copies(waveforms: np.ndarray, copies: int, *, noise_snr_db=(30.0, 50.0), gain_db: float = 6.0,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, max_hz: float | None = None, sample_rate: int | None = None) -> np.ndarray:
     """``copies`` altered versions of each clip: a random gain of up to +-``gain_db`` dB and white noise at
-    a random SNR in ``noise_snr_db`` (dB below the clip's power). ``[copies * N, S]``, float32."""
+    a random SNR in ``noise_snr_db`` (dB below the clip's power). With ``max_hz`` (and the clips'
+    ``sample_rate``) the noise is low-passed to that band first, so it stays inside the band a
+    band-limited preset leaves (its power is still set from the SNR). ``[copies * N, S]``, float32."""
     rng = np.random.default_rng(int(seed))
     x = np.asarray(waveforms, dtype=np.float32)
     out = []
     low, high = (float(noise_snr_db[0]), float(noise_snr_db[1])) if isinstance(noise_snr_db, (list, tuple)) \
         else (float(noise_snr_db), float(noise_snr_db))
+    sos = None
+    if max_hz is not None and sample_rate is not None and float(max_hz) < 0.5 * float(sample_rate) * 0.98:
+        from scipy.signal import butter
+
+        sos = butter(8, float(max_hz), btype="low", fs=float(sample_rate), output="sos")
     for _ in range(int(copies)):
         power = np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True) + 1e-12
         snr = rng.uniform(low, high, size=(len(x), 1))
-        noise = rng.standard_normal(x.shape) * np.sqrt(power / 10.0 ** (snr / 10.0))
+        noise = rng.standard_normal(x.shape)
+        if sos is not None:
+            from scipy.signal import sosfiltfilt
+
+            noise = sosfiltfilt(sos, noise, axis=1)
+            noise /= np.sqrt(np.mean(noise ** 2, axis=1, keepdims=True)) + 1e-12
+        noise = noise * np.sqrt(power / 10.0 ** (snr / 10.0))
         gain = 10.0 ** (rng.uniform(-gain_db, gain_db, size=(len(x), 1)) / 20.0)
         out.append(((x + noise) * gain).astype(np.float32))
     return np.concatenate(out) if out else np.zeros((0,) + x.shape[1:], np.float32)
+
+
+def _check_noisy_copies(settings, source=None) -> None:
+    """Refuse a bad ``noisy_copies`` setting before any work, naming the key and the fix."""
+    fix = "use noisy_copies: {copies: 1, noise_snr_db: [15, 45]} (optional: gain_db, max_hz, seed)"
+    if not isinstance(settings, dict) or set(settings) - NOISY_COPIES_KEYS:
+        raise ConfigError(f"bad 'noisy_copies' setting {settings!r}", path=source, fix=fix)
+    checked = _check_values({k: v for k, v in settings.items() if k != "noise_snr_db"},
+                            {"copies": ("int", 1, 16, False), "gain_db": ("float", 0.0, 24.0, False),
+                             "max_hz": ("float", 0.0, None, True), "seed": ("int", 0, None, False)},
+                            source, where="noisy_copies.")
+    snr = settings.get("noise_snr_db", (15.0, 45.0))
+    snr = list(snr) if isinstance(snr, (list, tuple)) else [snr, snr]
+    try:
+        low, high = float(snr[0]), float(snr[-1])
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if len(snr) not in (1, 2) or not (0.0 <= low <= high <= 120.0):
+        raise ConfigError(f"noisy_copies.noise_snr_db {settings.get('noise_snr_db')!r} is not [low, high] dB "
+                          "with 0 <= low <= high <= 120", path=source, fix=fix)
+    del checked
+
+
+def with_noisy_copies(train, settings: dict, *, seed: int = 42):
+    """The training clips plus ``copies`` noisy versions of each (recipe key ``noisy_copies``).
+
+    Each copy gets white noise at a random SNR in ``noise_snr_db`` (low-passed to ``max_hz`` when
+    given, e.g. the preset's band limit) and a random gain of up to +-``gain_db`` dB; it keeps its
+    clip's label, recording and patient, so patient-level splits and aggregation are unchanged.
+    Why: a model that has only seen one recording chain's noise floor can learn that floor as a
+    cue, and then an inaudible change of the chain flips its decision (``bench/bench_robustness.py``);
+    copies with random noise make the floor uninformative. Returns ``(clips, summary)``; a ClipSet
+    already expanded (``meta["noisy_copies"]``) is returned as it is.
+    """
+    from steth_hub.clips import ClipSet
+
+    if train.meta.get("noisy_copies"):
+        return train, dict(train.meta["noisy_copies"])
+    _check_noisy_copies(settings)
+    copies = int(settings.get("copies", 1))
+    snr = settings.get("noise_snr_db", (15.0, 45.0))
+    snr = (float(snr[0]), float(snr[-1])) if isinstance(snr, (list, tuple)) else (float(snr), float(snr))
+    extra = augmented_copies(train.waveforms, copies, noise_snr_db=snr, gain_db=float(settings.get("gain_db", 0.0)),
+                             seed=int(settings.get("seed", seed)), max_hz=settings.get("max_hz"),
+                             sample_rate=int(train.sample_rate))
+    reps = copies + 1
+    summary = {"copies": copies, "noise_snr_db": list(snr), "gain_db": float(settings.get("gain_db", 0.0)),
+               "max_hz": settings.get("max_hz"), "n_clips": int(len(train) * reps)}
+    expanded = ClipSet(waveforms=np.concatenate([train.waveforms, extra]), sample_rate=train.sample_rate,
+                       labels=np.tile(train.labels, reps), recording_ids=np.tile(train.recording_ids, reps),
+                       patient_ids=np.tile(train.patient_ids, reps), starts=np.tile(train.starts, reps),
+                       meta=dict(train.meta, noisy_copies=summary))
+    return expanded, summary
 
 
 def distillation_set(settings: dict, train, valid=None, *, seed: int = 42, out_dir=None):
@@ -961,7 +1032,9 @@ class TorchClassifier(Classifier):
         """Train with the shared Trainer loop (see :func:`fit_torch`); records what it was trained on."""
         if int(train.sample_rate) != self.sample_rate:
             self.sample_rate = int(train.sample_rate)
-        distilled = None
+        distilled = noisy = None
+        if (recipe or {}).get("noisy_copies"):  # noisy copies of the training clips (see with_noisy_copies)
+            train, noisy = with_noisy_copies(train, recipe["noisy_copies"], seed=int(check_recipe(recipe)["seed"]))
         if (recipe or {}).get("distill"):  # a teacher trained on these clips only (see distillation_set)
             checked = check_recipe(recipe)
             train, soft, distilled = distillation_set(checked["distill"], train, valid, seed=int(checked["seed"]),
@@ -971,6 +1044,9 @@ class TorchClassifier(Classifier):
         if distilled is not None:
             history["distillation"] = distilled
             self.metadata.setdefault("training", {})["distillation"] = distilled
+        if noisy is not None:
+            history["noisy_copies"] = noisy
+            self.metadata.setdefault("training", {})["noisy_copies"] = noisy
         self.metadata.setdefault("training", {}).update(training_facts(train, history))
         return history
 

@@ -68,3 +68,33 @@ def test_bad_distill_settings_are_refused_before_training():
     for bad in ({"teacher": 3}, {"teacher": "x.yaml", "alpha": 2}, {"teacher": "x.yaml", "temperature": 2}):
         with pytest.raises(ConfigError, match="bad 'distill' setting"):
             check_recipe({"distill": bad})
+
+
+# --------------------------------------------------------------------------- noisy copies (recipe key noisy_copies)
+def test_noisy_copies_keep_patients_and_stay_inside_the_band(clips):
+    from steth_hub.train import with_noisy_copies
+
+    expanded, summary = with_noisy_copies(clips, {"copies": 1, "noise_snr_db": [20, 20], "max_hz": 2000}, seed=5)
+    n = len(clips)
+    assert len(expanded) == 2 * n and summary["n_clips"] == 2 * n
+    for field in ("labels", "patient_ids", "recording_ids"):
+        assert np.array_equal(getattr(expanded, field)[n:], getattr(clips, field))
+    assert np.array_equal(expanded.waveforms[:n], clips.waveforms)  # the originals are untouched
+    noise = expanded.waveforms[n:].astype(np.float64) - clips.waveforms
+    snr = 10 * np.log10(np.mean(clips.waveforms.astype(np.float64) ** 2, axis=1) / np.mean(noise ** 2, axis=1))
+    assert np.all(np.abs(snr - 20) < 0.5)
+    spectrum = np.abs(np.fft.rfft(noise, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(noise.shape[1], 1.0 / clips.sample_rate)
+    above = spectrum[:, freqs > 2500].sum() / spectrum.sum()
+    assert above < 1e-3  # low-passed to the preset's band: nothing a band-limited recording lacks
+    again, _ = with_noisy_copies(expanded, {"copies": 3})
+    assert again is expanded  # already expanded: not copied twice (the probe and the fine-tune share it)
+
+
+@pytest.mark.parametrize("bad", [{"copies": 0}, {"copies": 1, "noise_snr_db": [40, 10]},
+                                 {"copies": 1, "noise_snr_db": "loud"}, {"copies": 1, "colour": "pink"}, [1]])
+def test_bad_noisy_copies_settings_are_refused_before_training(bad):
+    from steth_hub.train import check_recipe
+
+    with pytest.raises(ConfigError, match="noisy_copies"):
+        check_recipe({"noisy_copies": bad})

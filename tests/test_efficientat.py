@@ -281,3 +281,15 @@ def test_config_errors_name_the_setting():
         cls.from_config({"mode": "frozen"})
     with pytest.raises(ModelError, match="weights file not found"):
         cls.from_config({"weights": "/nonexistent/model.safetensors"})
+
+
+def test_noisy_copies_reach_the_probe_and_the_model_records_them(example_clips, mn04_dir):
+    from steth_hub.registry import get_registry
+
+    cls = get_registry().get("classifier", "efficientat").load()
+    model = cls.from_config({"weights": str(mn04_dir / "model.safetensors"), "mode": "frozen"})
+    history = model.fit(example_clips, recipe={"seed": 1, "noisy_copies": {"copies": 1, "noise_snr_db": [20, 30]}})
+    assert history["probe"]["n_clips"] == 2 * len(example_clips)
+    training = model.metadata["training"]
+    assert training["noisy_copies"]["copies"] == 1 and training["n_clips"] == 2 * len(example_clips)
+    assert training["n_patients"] == len(set(example_clips.patient_ids))  # copies are not new patients

@@ -195,6 +195,11 @@ class EfficientATClassifier(TorchClassifier):
         if int(train.sample_rate) != self.sample_rate:
             self.sample_rate = int(train.sample_rate)
         recipe = dict(recipe or {})
+        noisy = None
+        if recipe.get("noisy_copies"):  # the probe and the fine-tune see the same noisy copies
+            from steth_hub.train import with_noisy_copies
+
+            train, noisy = with_noisy_copies(train, recipe["noisy_copies"], seed=int(recipe.get("seed", 42)))
         started = time.perf_counter()
         features = featurise_clipset(self, train)
         self.fit_normalisation(features)
@@ -207,6 +212,8 @@ class EfficientATClassifier(TorchClassifier):
                        "seed": int(recipe.get("seed", 42)), "device": "cpu", "train_seconds": probe["seconds"]}
             choose_threshold(self, train, valid, history)
             self.metadata.setdefault("training", {}).update(training_facts(train, history))
+            if noisy is not None:
+                history["noisy_copies"] = self.metadata["training"]["noisy_copies"] = noisy
             return history
         history = super().fit(train, valid, recipe, out_dir, **kwargs)
         history["probe"] = probe
