@@ -56,9 +56,8 @@ EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "efficientat-asthma",
 SAFE_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.md", "*.txt", "*.yaml", "*.onnx")
 #: code files, fetched only with ``trust_remote_code=True`` and a pinned revision
 CODE_PATTERNS: tuple[str, ...] = ("*.py",)
-#: the classifier plugin that adopts plain transformers AST checkpoints
+#: kept for callers of earlier versions: the built-in plugin that adopts AST checkpoints
 AST_PLUGIN = "ast"
-AST_MODEL_TYPE = "audio-spectrogram-transformer"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -285,7 +284,7 @@ def _adopted_folder(folder: Path) -> Iterator[Path]:
     """
     meta = adoption_metadata(folder)
     warnings.warn(
-        f"{folder} has no steth.json: adopting it as a plain AST checkpoint with threshold "
+        f"{folder} has no steth.json: adopting it as a plain {meta['plugin']!r} checkpoint with threshold "
         f"{meta['threshold']} and steth-hub's default preprocessing preset {meta['preset'].get('name')!r}; its "
         "screening behaviour is not the one it was trained with unless those match. Save it with steth-hub "
         "to record them.",
@@ -305,6 +304,23 @@ def _adopted_folder(folder: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def adopting_plugins() -> dict[str, str]:
+    """``{transformers model_type: classifier plugin}`` for plain checkpoints without ``steth.json``.
+
+    A classifier plugin declares the checkpoints it can adopt in its spec,
+    ``options={"adopts": ["<model_type>", ...]}`` (the built-in ``ast`` plugin adopts
+    ``"audio-spectrogram-transformer"``); nothing here names a plugin. Two plugins claiming the
+    same model type: the first registered (built-ins first) keeps it.
+    """
+    from steth_hub.registry import get_registry
+
+    out: dict[str, str] = {}
+    for reg in get_registry().registrations("classifier"):
+        for model_type in (reg.spec.options or {}).get("adopts", ()) or ():
+            out.setdefault(str(model_type), reg.spec.name)
+    return out
+
+
 def adoption_metadata(folder: str | os.PathLike) -> dict:
     """The ``steth.json`` given to a plain transformers AST checkpoint (see the module docstring).
 
@@ -321,10 +337,12 @@ def adoption_metadata(folder: str | os.PathLike) -> dict:
         raise ModelError(f"the model folder has no {STETH_METADATA}", path=folder,
                          fix="re-save the model with steth-hub's save_pretrained")
     model_type = config.get("model_type")
-    if model_type != AST_MODEL_TYPE:
+    adopters = adopting_plugins()
+    if model_type not in adopters:
+        known = ", ".join(repr(t) for t in sorted(adopters)) or "none (no installed classifier adopts checkpoints)"
         raise ModelError(
             f"not a steth-hub model: no {STETH_METADATA}, and config.json is model_type {model_type!r}; only plain "
-            f"{AST_MODEL_TYPE!r} checkpoints are adopted", path=folder,
+            f"checkpoints of these types are adopted: {known}", path=folder,
             fix="save the model with steth-hub's save_pretrained, which writes steth.json",
         )
     labels = {int(k): str(v).strip().lower() for k, v in (config.get("id2label") or {}).items()}
@@ -339,7 +357,7 @@ def adoption_metadata(folder: str | os.PathLike) -> dict:
         sample_rate = int(_read_json(pre).get("sampling_rate", sample_rate))
     from steth_hub.preprocess import load_preset
 
-    return {"plugin": AST_PLUGIN, "threshold": 0.5, "sample_rate": sample_rate, "preset": load_preset(None).to_dict(),
+    return {"plugin": adopters[model_type], "threshold": 0.5, "sample_rate": sample_rate, "preset": load_preset(None).to_dict(),
             "labels": ["not_asthma", "asthma"], "adopted": True,
             "training": {"note": "plain transformers checkpoint adopted without steth.json: training unknown"}}
 

@@ -20,7 +20,8 @@ from steth_hub.train import TorchClassifier
 @hookimpl
 def register_classifiers(register):
     register(ClassifierSpec(name="tiny-cnn", summary="a two-layer CNN on one log-mel channel",
-                            factory="tiny_cnn_plugin:TinyCNN", requires=("torch",)))
+                            factory="tiny_cnn_plugin:TinyCNN", requires=("torch",),
+                            options={"adopts": ["tiny-cnn-checkpoint"]}))
 
 
 def _net():
@@ -153,3 +154,22 @@ def test_a_new_classifier_plugin_gets_maps_a_card_and_warnings_without_core_edit
     assert "two-layer test CNN" in card and "| pretraining | none: random initialisation |" in card
     assert "`tiny-cnn`" in card and "steth-tiny-cnn" in card  # the distribution that provides it
     assert ScreeningPipeline(loaded).top_hz == 1000.0  # band warnings follow the declared band
+
+
+def test_a_plugin_declares_the_plain_checkpoints_it_adopts(tiny_cnn_dist, tmp_path):
+    """Hub adoption of a folder without steth.json asks the plugins, not a name in the core."""
+    import json
+
+    from steth_hub.errors import ModelError
+    from steth_hub.hub import adopting_plugins, adoption_metadata
+
+    assert adopting_plugins() == {"audio-spectrogram-transformer": "ast", "tiny-cnn-checkpoint": "tiny-cnn"}
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny-cnn-checkpoint",
+                                                    "id2label": {"0": "not_asthma", "1": "asthma"}}))
+    meta = adoption_metadata(folder)
+    assert meta["plugin"] == "tiny-cnn" and meta["adopted"] is True
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {"0": "no", "1": "asthma"}}))
+    with pytest.raises(ModelError, match="'audio-spectrogram-transformer', 'tiny-cnn-checkpoint'"):
+        adoption_metadata(folder)

@@ -21,7 +21,8 @@ def register_classifiers(register):
         factory="steth_builtin.ast_model:ASTClassifier",
         requires=("torch", "transformers"),
         extra="train",
-        options={"features": "ast-frontend"},
+        # plain transformers ASTForAudioClassification checkpoints without steth.json load as this plugin
+        options={"features": "ast-frontend", "adopts": ["audio-spectrogram-transformer"]},
     ))
     register(ClassifierSpec(
         name="densenet201",
