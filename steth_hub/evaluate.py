@@ -491,7 +491,8 @@ def _write(out_dir: Path, report: dict, clips, clip_folds, oof: Mapping[str, Map
     atomic_write_json(out_dir / REPORT_FILE, report)
 
 
-def _recording_info(corpus) -> dict[str, dict]:
+def recording_info(corpus) -> dict[str, dict]:
+    """``{recording_id: {source, diagnosis_normalised}}`` from a loaded corpus (empty without rows)."""
     dataset = getattr(corpus, "dataset", None)
     if dataset is None or not hasattr(dataset, "column_names"):
         return {}
@@ -563,7 +564,7 @@ def cross_validate(corpus, experiment, *, folds: int | None = None, out_dir: str
     }
     return cross_validate_clips(clips, experiment, folds=None if folds else corpus_folds(corpus), n_folds=folds,
                                 out_dir=out_dir, baseline=baseline, n_bootstrap=n_bootstrap, seed=seed, alpha=alpha,
-                                progress=progress, quick=quick, recording_info=_recording_info(corpus),
+                                progress=progress, quick=quick, recording_info=recording_info(corpus),
                                 context=context)
 
 

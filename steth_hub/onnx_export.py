@@ -165,7 +165,7 @@ def export_onnx(classifier, directory: str | os.PathLike, *, waveforms: np.ndarr
     except ImportError as exc:
         raise ModelError(f"exporting to ONNX needs torch and onnxruntime ({exc})",
                          fix="pip install 'steth-hub[train]'") from exc
-    from steth_hub.train import feature_cache_disabled
+    from steth_hub.torch_classifier import feature_cache_disabled
 
     directory = Path(directory)
     measured_on = "the given clips"

@@ -1,4 +1,4 @@
-"""Where a torch classifier is trained: one Hugging Face ``Trainer`` loop shared by AST and DenseNet.
+"""Where a torch classifier is trained: one Hugging Face ``Trainer`` loop shared by every torch classifier.
 
 :func:`fit_torch` takes a classifier that follows the small protocol below, a training
 :class:`~steth_hub.clips.ClipSet` (and optionally a validation one), a recipe (the paper's
@@ -24,33 +24,14 @@ The paper gives both "warmup 0.25" and "150 warmup steps". transformers 5 has on
 both ``warmup_ratio`` and ``warmup_steps``: ``warmup_steps`` is applied when present and
 ``warmup_ratio`` is used only when ``warmup_steps`` is absent. The history records which.
 
-The classifier protocol (implemented by ``steth_builtin.ast_model`` and ``steth_builtin.densenet_model``):
-
-``featurise(waveforms, sample_rate) -> torch.Tensor``
-    raw (unnormalised) features of a batch of clips;
-``feature_signature(sample_rate, n_samples)``
-    what the features depend on besides the samples (the cache key);
-``fit_normalisation(features)``
-    learn the normalisation from training features (stored in the saved model);
-``normalise(features) -> torch.Tensor``
-    apply it;
-``torch_module() -> torch.nn.Module``
-    the network, called as ``module(features) -> logits [N, 2]`` through ``logits(module, x)``;
-``logits(module, features) -> torch.Tensor``
-    one forward pass (lets AST unwrap its ``ModelOutput``);
-``feature_axes -> {"time": int, "freq": int}``
-    which axes of a feature batch are time and frequency (for the masks);
-``set_trained_module(module)``
-    take the trained (best) weights back (and finish whatever training-only state it keeps);
-``predict_features(features) -> np.ndarray``
-    P(asthma) per clip for normalised features (used for the threshold).
-
-:class:`TorchClassifier` implements the parts that are the same for every torch model.
+A classifier trained here follows the protocol of :mod:`steth_hub.torch_classifier`
+(:class:`~steth_hub.torch_classifier.TorchClassifier` implements the shared parts and calls
+:func:`fit_torch` from its ``fit``). The experiment orchestration (a config and a corpus in, a saved
+model out) is in :mod:`steth_hub.experiment`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -60,8 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from steth_hub.classifier import Classifier
-from steth_hub.errors import ConfigError, ModelError
+from steth_hub.errors import ConfigError
+# the feature cache and the classifier base live on the inference side; kept importable from here
+from steth_hub.torch_classifier import (  # noqa: F401
+    FEATURE_CACHE_LIMIT, TorchClassifier, cached_features, clear_feature_cache, feature_cache_disabled,
+    featurise_clipset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -300,66 +285,6 @@ def class_weights(labels: np.ndarray, setting: Any = "balanced") -> np.ndarray:
     counts = np.bincount(labels[labels >= 0], minlength=2).astype(np.float64)
     counts[counts == 0] = 1.0
     return (counts.sum() / (2.0 * counts)).astype(np.float32)
-
-
-def featurise_clipset(classifier, clips, batch_size: int = 64):
-    """Raw features of every clip of a ClipSet, batch by batch, as one CPU tensor (cached per clip)."""
-    import torch
-
-    parts = []
-    for start in range(0, len(clips), batch_size):
-        parts.append(cached_features(classifier, clips.waveforms[start:start + batch_size], clips.sample_rate))
-    return torch.cat(parts)
-
-
-#: raw features of clips seen in this process: (featuriser signature, clip hash) -> CPU tensor.
-#: Cross-validation featurises every clip once instead of once per fold and per prediction.
-_FEATURE_CACHE: dict = {}
-_FEATURE_CACHE_BYTES = [0]
-_FEATURE_CACHE_ON = [True]
-FEATURE_CACHE_LIMIT = 2 * 1024**3
-
-
-@contextlib.contextmanager
-def feature_cache_disabled():
-    """Featurise without the per-clip cache (screening: each recording is seen once, memory stays flat)."""
-    previous = _FEATURE_CACHE_ON[0]
-    _FEATURE_CACHE_ON[0] = False
-    try:
-        yield
-    finally:
-        _FEATURE_CACHE_ON[0] = previous
-
-
-def clear_feature_cache() -> None:
-    """Forget every cached feature (benchmarks, or to free memory)."""
-    _FEATURE_CACHE.clear()
-    _FEATURE_CACHE_BYTES[0] = 0
-
-
-def cached_features(classifier, waveforms, sample_rate: int):
-    """``classifier.featurise`` with a per-clip memory cache keyed by the featuriser's settings and the samples."""
-    import hashlib
-
-    import torch
-
-    waveforms = np.ascontiguousarray(waveforms, dtype=np.float32)
-    if not _FEATURE_CACHE_ON[0]:
-        return classifier.featurise(waveforms, sample_rate).float().cpu()
-    signature = repr(classifier.feature_signature(int(sample_rate), waveforms.shape[-1]))
-    keys = [(signature, hashlib.sha1(w.tobytes()).hexdigest()) for w in waveforms]
-    missing = [i for i, k in enumerate(keys) if k not in _FEATURE_CACHE]
-    if missing:
-        fresh = classifier.featurise(waveforms[missing], sample_rate).float().cpu()
-        if _FEATURE_CACHE_BYTES[0] + fresh.numel() * 4 > FEATURE_CACHE_LIMIT:
-            clear_feature_cache()
-        for j, i in enumerate(missing):
-            _FEATURE_CACHE[keys[i]] = fresh[j].clone()
-        _FEATURE_CACHE_BYTES[0] += fresh.numel() * 4
-        got = {i: fresh[j] for j, i in enumerate(missing)}
-    else:
-        got = {}
-    return torch.stack([got[i] if i in got else _FEATURE_CACHE[k] for i, k in enumerate(keys)])
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -999,288 +924,14 @@ def training_facts(train, history: dict) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- shared classifier code
-class TorchClassifier(Classifier):
-    """What AST and DenseNet share: training through :func:`fit_torch`, batched prediction.
-
-    A subclass sets ``self.net`` (a ``torch.nn.Module``) and implements ``featurise``,
-    ``fit_normalisation``, ``normalise``, ``logits``, ``feature_axes``, ``_save_weights`` and
-    ``_load_weights``.
-    """
-
-    #: axes of a feature batch, for the augmentation masks
-    feature_axes: dict = {"time": -1, "freq": -2}
-    #: clips per forward pass in predict_proba
-    predict_batch_size: int = 32
-
-    net: Any = None
-
-    def torch_module(self):
-        return self.net
-
-    def set_trained_module(self, module) -> None:
-        self.net = module
-        self.net.eval()
-
-    def _device(self):
-        import torch
-
-        return next(self.net.parameters()).device if any(True for _ in self.net.parameters()) else torch.device("cpu")
-
-    def fit(self, train, valid=None, recipe: dict | None = None, out_dir: str | os.PathLike | None = None,
-            **kwargs) -> dict:
-        """Train with the shared Trainer loop (see :func:`fit_torch`); records what it was trained on."""
-        if int(train.sample_rate) != self.sample_rate:
-            self.sample_rate = int(train.sample_rate)
-        distilled = noisy = None
-        if (recipe or {}).get("noisy_copies"):  # noisy copies of the training clips (see with_noisy_copies)
-            train, noisy = with_noisy_copies(train, recipe["noisy_copies"], seed=int(check_recipe(recipe)["seed"]))
-        if (recipe or {}).get("distill"):  # a teacher trained on these clips only (see distillation_set)
-            checked = check_recipe(recipe)
-            train, soft, distilled = distillation_set(checked["distill"], train, valid, seed=int(checked["seed"]),
-                                                      out_dir=out_dir)
-            kwargs["soft_targets"] = soft
-        history = fit_torch(self, train, valid, recipe, out_dir, **kwargs)
-        if distilled is not None:
-            history["distillation"] = distilled
-            self.metadata.setdefault("training", {})["distillation"] = distilled
-        if noisy is not None:
-            history["noisy_copies"] = noisy
-            self.metadata.setdefault("training", {})["noisy_copies"] = noisy
-        self.metadata.setdefault("training", {}).update(training_facts(train, history))
-        return history
-
-    def predict_features(self, features) -> np.ndarray:
-        """P(asthma) per clip for already normalised features (batched, no gradients)."""
-        import torch
-
-        net = self.net
-        was_training = net.training
-        net.eval()
-        device = self._device()
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(features), self.predict_batch_size):
-                x = features[start:start + self.predict_batch_size].to(device)
-                out.append(torch.softmax(self.logits(net, x).float(), dim=-1)[:, 1].cpu())
-        if was_training:
-            net.train()
-        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros(0, dtype=np.float32)
-
-    def predict_proba(self, waveforms: np.ndarray) -> np.ndarray:
-        """P(asthma) per clip for float32 ``[N, S]`` waveforms at ``sample_rate``."""
-        waveforms = np.asarray(waveforms, dtype=np.float32)
-        if waveforms.ndim == 1:
-            waveforms = waveforms[None, :]
-        if waveforms.ndim != 2:
-            raise ModelError(f"expected clips as a [N, samples] array, got shape {waveforms.shape}",
-                             fix="stack equal-length clips into a 2-D array")
-        if len(waveforms) == 0:
-            return np.zeros(0, dtype=np.float32)
-        out = []
-        for start in range(0, len(waveforms), self.predict_batch_size):
-            x = self.normalise(cached_features(self, waveforms[start:start + self.predict_batch_size], self.sample_rate))
-            out.append(self.predict_features(x))
-        return np.concatenate(out)
-
-    # -- the light runtime (steth_hub/onnx_export.py, steth_hub/runtime.py) -----
-    def onnx_frontend(self) -> dict | None:
-        """``{"name": <feature-extractor plugin>, "config": {...}}``: a torch-free front end that returns
-        exactly ``featurise()`` as numpy float32. None (the default): no ONNX export, screening uses torch."""
-        return None
-
-    def export_onnx(self, directory: str | os.PathLike, **kwargs) -> dict:
-        """Write ``directory/model.onnx`` (raw features -> logits) and return its ``steth.json`` block."""
-        from steth_hub.onnx_export import export_onnx
-
-        return export_onnx(self, directory, **kwargs)
+#: moved to steth_hub.experiment (the orchestration); importable from here for earlier callers
+_MOVED_TO_EXPERIMENT = {"train_experiment", "train_on_clips", "check_model_output", "epochs_from_evaluation",
+                        "read_evaluation"}
 
 
-# --------------------------------------------------------------------------- from a config and a corpus
-def epochs_from_evaluation(report: dict) -> float | None:
-    """Epochs for a final fit on every patient: the median best epoch over the folds (one decimal)."""
-    per_fold = ((report.get("model") or {}).get("per_fold")) or []
-    best = [float(row["best_epoch"]) for row in per_fold if row.get("best_epoch") is not None]
-    return round(float(np.median(best)), 1) if best else None
+def __getattr__(name: str):
+    if name in _MOVED_TO_EXPERIMENT:
+        from steth_hub import experiment
 
-
-def read_evaluation(path: str | os.PathLike) -> dict:
-    """An ``evaluation.json`` written by ``steth evaluate`` (errors name the file)."""
-    import json
-
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        float(report["recommended_threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"not a usable evaluation report ({type(exc).__name__}: {exc})", path=path,
-                          fix="pass the evaluation.json written by `steth evaluate`") from exc
-    return report
-
-
-def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool = True, **kwargs) -> tuple[Any, dict]:
-    """Train the experiment ``config`` on a corpus folder (or loaded corpus) and save the model folder ``out``.
-
-    The corpus is preprocessed with the experiment's preset (clips cached with the corpus), then
-    :func:`train_on_clips` does the rest; see it for the keyword arguments.
-    """
-    from steth_hub.experiment import load_experiment
-    from steth_hub.preprocess import cached_clips, load_preset
-
-    experiment = load_experiment(config)
-    check_recipe(experiment.recipe, source=experiment.source)
-    if isinstance(corpus, (str, os.PathLike)):
-        from steth_hub.corpus import load_corpus
-
-        corpus = load_corpus(corpus)
-    preset = load_preset(experiment.preset)
-    clips, skipped, _ = cached_clips(corpus, preset, progress=progress)
-    if (experiment.evaluation or {}).get("train_sources"):  # the same restriction as its cross-validation
-        from steth_hub.evaluate import _recording_info, patient_sources, training_sources
-
-        sources_of = patient_sources(clips, _recording_info(corpus))
-        allowed = training_sources(experiment.evaluation, sources_of, where=experiment.source or experiment.name)
-        kept = sorted(p for p, src in sources_of.items() if src in allowed)
-        if progress:
-            log.info("training on the %d patients of %s only (evaluation.train_sources)", len(kept), sorted(allowed))
-        clips = clips.for_patients(kept)
-    corpus_facts = {"path": os.fspath(getattr(corpus, "path", "") or ""),
-                    "info": dict(getattr(corpus, "info", None) or {}), "skipped_recordings": len(skipped)}
-    # who the model learnt from (sex, age bands, sources...) is counted by train_on_clips, after any validation split
-    return train_on_clips(experiment, clips, out, preset=preset, corpus=corpus_facts, progress=progress,
-                          dataset=getattr(corpus, "dataset", None), **kwargs)
-
-
-def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, corpus: dict | None = None,
-                   resume: bool = False, epochs: float | None = None, valid_fraction: float | None = None,
-                   evaluation: str | os.PathLike | dict | None = None, checkpoints: str | os.PathLike | None = None,
-                   seed: int | None = None, progress: bool = True, name: str | None = None,
-                   overwrite: bool = False, dataset=None) -> tuple[Any, dict]:
-    """Train an experiment's classifier on preprocessed clips and save it to ``out``.
-
-    ``out`` must be new, empty or a steth-hub model folder (``overwrite=True`` replaces any
-    other folder), and never the corpus, the config or anything that contains them; this is
-    checked before any work starts (:func:`steth_hub.fileio.check_output_folder`).
-
-    * ``valid_fraction`` (default: 0.2 when the recipe early-stops, else 0): that share of the
-      patients, stratified by label, is held out for early stopping and the threshold;
-      with 0 every patient trains for the recipe's epochs.
-    * ``evaluation``: a cross-validation report (``evaluation.json`` of ``steth evaluate``, or
-      its dict). The threshold becomes its maximum Youden's J on the pooled out-of-fold recording
-      probabilities (honest unseen predictions); unless ``epochs`` is given, training stops at
-      the median best epoch of its folds on the recipe's own schedule (as each fold did); the
-      report is stored in ``steth.json``.
-    * Checkpoints go to ``checkpoints`` (default ``OUT.checkpoints``); ``resume`` continues from the
-      last one.
-    * ``dataset``: the corpus rows; the card's training-data summary then counts exactly the
-      recordings and patients the model was fitted on (the validation patients are counted apart).
-
-    Returns ``(classifier, history)``.
-    """
-    from steth_hub.experiment import load_experiment
-    from steth_hub.preprocess import load_preset
-    from steth_hub.registry import get_registry
-
-    experiment = load_experiment(experiment) if not hasattr(experiment, "recipe") else experiment
-    check_model_output(out, experiment=experiment, corpus=(corpus or {}).get("path") or None,
-                       evaluation=evaluation, checkpoints=checkpoints, overwrite=overwrite)
-    preset = load_preset(preset if preset is not None else experiment.preset)
-    recipe = dict(experiment.recipe)
-    report = read_evaluation(evaluation) if isinstance(evaluation, (str, os.PathLike)) else evaluation
-    stop = epochs_from_evaluation(report) if epochs is None and report is not None else None
-    if stop is not None:  # the folds' schedule, stopped where the folds were best
-        recipe["stop_at_epoch"] = min(stop, float(recipe.get("num_train_epochs", stop)))
-    if epochs is not None:
-        recipe["num_train_epochs"] = float(epochs)
-    if seed is not None:
-        recipe["seed"] = int(seed)
-    if resume:
-        recipe["resume"] = True
-    if not progress:
-        recipe.setdefault("disable_tqdm", True)
-    recipe = check_recipe(recipe, source=experiment.source)
-
-    if valid_fraction is None:
-        valid_fraction = 0.2 if recipe.get("early_stopping_patience") else 0.0
-    train_set, valid_set = clips, None
-    if valid_fraction > 0:
-        from steth_hub.evaluate import patient_labels, validation_split
-
-        labels = patient_labels(clips)
-        train_p, valid_p = validation_split(sorted(labels), labels, float(valid_fraction), int(recipe["seed"]))
-        train_set, valid_set = clips.for_patients(train_p), clips.for_patients(valid_p)
-
-    cls = get_registry().get("classifier", experiment.classifier).load()
-    model = cls.from_config(dict(experiment.model))
-    model.preset = preset.to_dict()
-    out = Path(out)
-    work = Path(checkpoints) if checkpoints else out.with_name(out.name + ".checkpoints")
-    history = model.fit(train_set, valid_set, recipe, work)
-
-    if report is not None:
-        model.threshold = float(report["recommended_threshold"])
-        history["threshold"] = model.threshold
-        history["threshold_from"] = ("cross-validation: max Youden's J on the pooled out-of-fold "
-                                     "recording probabilities")
-    model.metadata["training"] = dict(model.metadata.get("training") or {}, **{
-        "experiment": experiment.to_dict(),
-        "recipe": {k: v for k, v in recipe.items() if k != "resume"},
-        "corpus": _trained_on(corpus, dataset, train_set, valid_set),
-        "preset": preset.name,
-        "validation_fraction": float(valid_fraction),
-        "validation_patients": int(len(np.unique(valid_set.patient_ids))) if valid_set is not None else 0,
-        "epochs_from": ("stopped at the median best epoch of the cross-validation folds, on the recipe's schedule"
-                        if stop is not None else "recipe or command line"),
-        "threshold_from": history.get("threshold_from"),
-        "train_loss": history.get("train_loss"),
-        "device": history.get("device"),
-        "train_seconds": history.get("train_seconds"),
-        "clips_per_second": history.get("clips_per_second"),
-    })
-    if name:
-        model.metadata["name"] = name
-    if report is not None:
-        model.metadata["evaluation"] = report
-    model.save_pretrained(out)
-    from steth_hub.onnx_export import export_after_training
-
-    export_after_training(model, out)  # model.onnx beside the weights, for classifiers that opt in
-    return model, history
-
-
-def check_model_output(out, *, experiment=None, corpus=None, evaluation=None, checkpoints=None,
-                       overwrite: bool = False) -> Path:
-    """The model folder ``out`` may be written: not an input (corpus, config, evaluation report,
-    checkpoints) nor a folder holding one; new, empty, a steth-hub model, or ``overwrite``."""
-    from steth_hub.classifier import STETH_METADATA
-    from steth_hub.fileio import check_output_folder
-
-    inputs = [corpus, getattr(experiment, "source", None), checkpoints]
-    if isinstance(evaluation, (str, os.PathLike)):
-        inputs.append(evaluation)
-    return check_output_folder(out, [i for i in inputs if i], markers=(STETH_METADATA,), overwrite=overwrite,
-                               what="model")
-
-
-def _trained_on(corpus: dict | None, dataset, train_set, valid_set) -> dict:
-    """The corpus facts of ``steth.json``: counts of what the model was FITTED on (a validation split's
-    patients are counted under ``validation``, not as training data)."""
-    facts = dict(corpus or {}, recordings_by_label=_by_label(train_set, train_set.recording_ids),
-                 patients_by_label=_by_label(train_set, train_set.patient_ids))
-    if valid_set is not None:
-        facts["validation"] = {"recordings_by_label": _by_label(valid_set, valid_set.recording_ids),
-                               "patients_by_label": _by_label(valid_set, valid_set.patient_ids)}
-    if dataset is not None:
-        from steth_hub.card import summarise_training_data
-
-        fitted = set(np.asarray(train_set.recording_ids).astype(str).tolist())  # not skipped, filtered or held out
-        used = [i for i, rid in enumerate(dataset["recording_id"]) if str(rid) in fitted]
-        facts["data"] = summarise_training_data(dataset.select(used))
-    return facts
-
-
-def _by_label(clips, groups) -> dict:
-    """How many distinct groups (recordings or patients) carry each label."""
-    _, first = np.unique(np.asarray(groups).astype(str), return_index=True)
-    labels = clips.labels[first]
-    return {"not_asthma": int((labels == 0).sum()), "asthma": int((labels == 1).sum())}
+        return getattr(experiment, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

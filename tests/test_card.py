@@ -131,7 +131,7 @@ def test_card_from_a_real_evaluation_carries_its_numbers_and_valid_hub_metadata(
 
 def test_card_of_a_folder_written_by_steth_train(example_corpus, tmp_path):
     """``steth train`` records who the model learnt from (counts, sex, ages, sources), and the card shows it."""
-    from steth_hub.train import train_experiment
+    from steth_hub.experiment import train_experiment
 
     out = tmp_path / "trained"
     train_experiment({"name": "mfcc-trained", "classifier": "mfcc-logreg"}, example_corpus, out, progress=False)

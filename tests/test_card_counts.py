@@ -24,7 +24,7 @@ def _front_matter(text: str) -> dict:
 
 
 def test_a_validation_split_is_not_counted_as_training_data(example_corpus, tmp_path):
-    from steth_hub.train import train_experiment
+    from steth_hub.experiment import train_experiment
 
     out = tmp_path / "m"
     model, _ = train_experiment({"name": "mfcc-split", "classifier": "mfcc-logreg"}, example_corpus, out,
@@ -46,7 +46,7 @@ def test_a_quick_evaluation_is_not_put_into_the_model_index(example_corpus, tmp_
     from pathlib import Path
 
     import steth_hub
-    from steth_hub.train import train_experiment
+    from steth_hub.experiment import train_experiment
 
     report = json.loads((Path(steth_hub.__file__).parent / "models" / "ast-asthma" / "steth.json").read_text())["evaluation"]
     out = tmp_path / "m"

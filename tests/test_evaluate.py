@@ -394,7 +394,7 @@ def test_cli_help_says_what_quick_and_epochs_cut():
 def test_train_sources_restricts_training_not_scoring(corpus, tmp_path):
     """evaluation.train_sources: [kauh]: every fit and every threshold sees KAUH patients only, every
     held-out patient (ICBHI too) is still scored; the final model of `steth train` learns from KAUH only."""
-    from steth_hub.train import train_experiment
+    from steth_hub.experiment import train_experiment
 
     seen = []
     real_fit = MFCCLogReg.fit

@@ -295,7 +295,7 @@ def test_steth_train_exports_a_model_that_opts_in(tmp_path, torch_model, example
     from steth_hub.errors import RecordingRejected
     from steth_hub.preprocess import Preprocessor
     from steth_hub.runtime import has_onnx_export
-    from steth_hub.train import train_on_clips
+    from steth_hub.experiment import train_on_clips
 
     pre, sets = Preprocessor("excerpt-10s"), []
     for path in example_wavs:

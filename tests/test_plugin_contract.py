@@ -14,7 +14,7 @@ PLUGIN = '''
 import numpy as np
 
 from steth_hub import ClassifierSpec, hookimpl
-from steth_hub.train import TorchClassifier
+from steth_hub.torch_classifier import TorchClassifier
 
 
 @hookimpl

@@ -293,7 +293,7 @@ def test_steth_train_bad_config_is_a_clear_error(example_corpus, tmp_path):
 
 
 def test_epochs_and_threshold_come_from_an_evaluation_report(tmp_path):
-    from steth_hub.train import epochs_from_evaluation, read_evaluation
+    from steth_hub.experiment import epochs_from_evaluation, read_evaluation
 
     report = {"recommended_threshold": 0.42,
               "model": {"per_fold": [{"best_epoch": 3.2}, {"best_epoch": 5.0}, {"best_epoch": 4.1}]}}

@@ -34,7 +34,7 @@ import numpy as np
 
 from steth_hub.classifier import LABELS
 from steth_hub.errors import ConfigError, ModelError
-from steth_hub.train import TorchClassifier
+from steth_hub.torch_classifier import TorchClassifier
 
 #: ASTConfig presets. "base" is the published AST (86 M parameters); "small" and "tiny" are sized
 #: for CPU training on hundreds of clips (non-overlapping 16x16 patches keep the sequence short).

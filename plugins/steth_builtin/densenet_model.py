@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from steth_hub.errors import ConfigError, ModelError
-from steth_hub.train import TorchClassifier
+from steth_hub.torch_classifier import TorchClassifier
 
 OWN_KEYS = {"architecture", "model_kwargs", "weights", "features", "sample_rate", "preset", "drop_rate"}
 CONFIG_FILE = "config.json"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from steth_hub.errors import ConfigError, ModelError
-from steth_hub.train import TorchClassifier
+from steth_hub.torch_classifier import TorchClassifier
 
 OWN_KEYS = {"encoder", "width_mult", "weights", "mode", "C", "audioset_logits", "front_end", "sample_rate",
             "preset", "dropout"}
@@ -190,7 +190,7 @@ class EfficientATClassifier(TorchClassifier):
         """The linear probe; then, in ``finetune`` mode, the whole network with the Trainer loop."""
         import time
 
-        from steth_hub.train import featurise_clipset
+        from steth_hub.torch_classifier import featurise_clipset
 
         if int(train.sample_rate) != self.sample_rate:
             self.sample_rate = int(train.sample_rate)

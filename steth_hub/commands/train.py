@@ -37,7 +37,7 @@ def train(config, corpus, out, resume, epochs, valid_fraction, evaluation, check
     new model is complete); any other folder needs --overwrite.
     """
     from steth_hub.experiment import load_experiment
-    from steth_hub.train import check_model_output, train_experiment
+    from steth_hub.experiment import check_model_output, train_experiment
 
     # before any work: OUT may not swallow an input nor a folder of someone else's files
     check_model_output(out, experiment=load_experiment(config), corpus=corpus, evaluation=evaluation,

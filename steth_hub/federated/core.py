@@ -65,7 +65,7 @@ def new_classifier(experiment: dict):
     """A fresh classifier of the experiment's plugin (any registered classifier), with its preset set."""
     from steth_hub.preprocess import load_preset
     from steth_hub.registry import get_registry
-    from steth_hub.train import TorchClassifier
+    from steth_hub.torch_classifier import TorchClassifier
 
     cls = get_registry().get("classifier", experiment["classifier"]).load()
     if not issubclass(cls, TorchClassifier):
@@ -117,7 +117,7 @@ def load_clinic(corpus_dir, experiment: dict, *, valid_fraction: float = 0.2, se
 
 def featurise(model, clips, batch_size: int = 64):
     """Raw (unnormalised) features of a ClipSet, the same way steth train computes them."""
-    from steth_hub.train import featurise_clipset
+    from steth_hub.torch_classifier import featurise_clipset
 
     if int(clips.sample_rate) != model.sample_rate:
         model.sample_rate = int(clips.sample_rate)

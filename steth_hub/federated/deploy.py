@@ -421,7 +421,7 @@ def format_round(entry: dict) -> str:
 
 def _check_torch_classifier(experiment: dict) -> None:
     from steth_hub.registry import get_registry
-    from steth_hub.train import TorchClassifier
+    from steth_hub.torch_classifier import TorchClassifier
 
     cls = get_registry().get("classifier", experiment["classifier"]).load()
     if not issubclass(cls, TorchClassifier):
