@@ -6,6 +6,9 @@
 * ``mfcc-logreg`` - MFCC statistics + logistic regression, the simple baseline to beat.
 * ``efficientat`` - AudioSet-pretrained EfficientAT MobileNetV3 (mn04...) with a linear asthma head,
   frozen (linear probe) or fine-tuned; the default screening model is one.
+* ``vlm`` - vision-language models (transformers VLMs, Moondream by opt-in, the embedded steth-llava)
+  reading the three-window spectrogram image and the paper's prompt JSON; P(asthma) from the
+  answers' log-likelihoods (docs/vlm.md).
 """
 
 from steth_hub import hookimpl
@@ -46,4 +49,13 @@ def register_classifiers(register):
         requires=("torch", "torchvision", "safetensors", "sklearn"),
         extra="train",
         options={"features": "efficientat-mel"},
+    ))
+    register(ClassifierSpec(
+        name="vlm",
+        summary="Vision-language model: spectrogram image + patient-facts prompt -> P(asthma) by answer "
+                "log-likelihood (transformers VLMs, LoRA; Moondream by opt-in; steth-llava)",
+        factory="steth_builtin.vlm_model:VLMClassifier",
+        requires=("torch", "transformers", "safetensors", "PIL"),
+        extra="train",
+        options={"features": "multiwindow-logmel"},
     ))
