@@ -47,6 +47,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+# the mel scales in numpy (no transformers), also imported from here by explainer plugins
+from steth_hub.display import hz_to_mel, mel_centres, mel_to_hz  # noqa: F401
 from steth_hub.errors import ConfigError, ModelError, PluginError
 
 #: what a map can explain
@@ -256,28 +258,6 @@ def decision_numbers(probability: float, threshold: float) -> tuple[str, str]:
         if (float(p_text) >= float(t_text)) == (p >= t) or t_digits >= 8:
             return p_text, t_text
         p_digits = t_digits = t_digits + 1
-
-
-def hz_to_mel(hz, scale: str = "slaney"):
-    """Hz to mel on the given scale (``"slaney"``, ``"htk"`` or ``"kaldi"``), as transformers computes it."""
-    from transformers.audio_utils import hertz_to_mel
-
-    hz = np.asarray(hz, dtype=np.float64)
-    return np.asarray(hertz_to_mel(np.atleast_1d(hz).copy(), mel_scale=scale), dtype=np.float64).reshape(hz.shape)
-
-
-def mel_to_hz(mel, scale: str = "slaney"):
-    """Mel to Hz, the inverse of :func:`hz_to_mel`."""
-    from transformers.audio_utils import mel_to_hertz
-
-    mel = np.asarray(mel, dtype=np.float64)
-    return np.asarray(mel_to_hertz(np.atleast_1d(mel).copy(), mel_scale=scale), dtype=np.float64).reshape(mel.shape)
-
-
-def mel_centres(n_mels: int, f_min: float, f_max: float, scale: str = "slaney") -> np.ndarray:
-    """Centre frequency (Hz) of each of ``n_mels`` triangular filters spread evenly in mel from f_min to f_max."""
-    points = np.linspace(hz_to_mel(f_min, scale), hz_to_mel(f_max, scale), int(n_mels) + 2)
-    return np.asarray(mel_to_hz(points[1:-1], scale), dtype=np.float64)
 
 
 def display_spectrogram(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -612,8 +592,10 @@ def explain(source, model=None, explainer: str | None = None, sample_rate: int |
     """Explain the screening of one recording: where the model looked, over its spectrogram.
 
     Args:
-        source: a file path, its bytes, a :class:`~steth_hub.audio.Recording`, or a 1-D array
-            (then ``sample_rate`` is needed).
+        source: a file path, its bytes, a :class:`~steth_hub.audio.Recording`, a 1-D array
+            (then ``sample_rate`` is needed), or a :class:`~steth_hub.screening.ScreeningResult`
+            that kept what it computed (then its clips and P(asthma) are explained as they are:
+            nothing is preprocessed or classified again; see :func:`explain_result`).
         model: None (the embedded default ``steth/efficientat-asthma``), a model folder or Hub name, or a loaded
             :class:`~steth_hub.classifier.Classifier`.
         explainer: an explainer plugin name; default: the classifier's ``default_explainer``.
@@ -633,8 +615,9 @@ def explain(source, model=None, explainer: str | None = None, sample_rate: int |
 
     from steth_hub import screening
 
-    if target not in TARGETS:
-        raise ConfigError(f"unknown explanation target {target!r}", fix=f"use one of: {', '.join(TARGETS)}")
+    if isinstance(source, screening.ScreeningResult):
+        return explain_result(source, model=model, explainer=explainer, target=target)
+    _target_class(target, False)  # an unknown target fails before anything is loaded
     classifier = screening.load_model(model, runtime="torch")  # explainers need the torch network
     if model is None:
         model_label = DEFAULT_MODEL
@@ -643,15 +626,49 @@ def explain(source, model=None, explainer: str | None = None, sample_rate: int |
     else:
         model_label = screening.model_name(classifier)
     explainer_name, engine = load_explainer(classifier, explainer)
+    # screened once, with the torch model: the same clips and P(asthma) as `steth screen`
+    result = screening.screen_loaded(screening.to_recording(source, sample_rate), classifier,
+                                     screening.ScreeningPipeline(classifier))
+    return _explain_screened(result, classifier, explainer_name, engine, target, model_label)
 
-    # the same clips and P(asthma) as `steth screen` (screening.py's own pipeline)
-    recording = screening.to_recording(source, sample_rate)
-    pipeline = screening.ScreeningPipeline(classifier)
-    result = screening.screen_loaded(recording, classifier, pipeline)
-    clips, _ = pipeline.clips(recording, recording.source)
-    waveforms = np.stack([c.samples for c in clips]).astype(np.float32)
+
+def explain_result(result, model=None, explainer: str | None = None, *, target: str = "decision") -> Explanation:
+    """Explain a screening result with the clips and P(asthma) it computed: one preprocessing
+    and one forward pass serve both the result and its explanation.
+
+    Args:
+        result: a :class:`~steth_hub.screening.ScreeningResult` from :func:`steth_hub.screen`
+            (its ``computed`` holds the recording, the clips and their probabilities).
+        model: the torch classifier to explain with (a loaded one, a folder or a Hub name);
+            default: the torch form of the model that screened (a light-runtime model is
+            reloaded from its folder with torch: explainers need gradients).
+        explainer, target: as :func:`explain`.
+
+    The decision explained (``target="decision"``) and the P(asthma) shown are the result's,
+    even when it was screened by the light runtime (equal to torch's within 1e-4).
+    """
+    from steth_hub import screening
+
+    computed = getattr(result, "computed", None)
+    if computed is None:
+        raise ConfigError("this screening result did not keep its clips (computed is None)",
+                          fix="screen with steth_hub.screen(...) (or screen_many(..., keep=True)), or call "
+                              "steth_hub.explain(path) to screen and explain at once")
+    _target_class(target, False)
+    classifier = screening.load_model(computed.model if model is None else model, runtime="torch")
+    if int(classifier.sample_rate) != int(computed.model.sample_rate):
+        raise ModelError(f"the clips are at {computed.model.sample_rate} Hz but this model reads "
+                         f"{classifier.sample_rate} Hz", fix="explain with the model that screened the recording")
+    explainer_name, engine = load_explainer(classifier, explainer)
+    return _explain_screened(result, classifier, explainer_name, engine, target, result.model)
+
+
+def _explain_screened(result, classifier, explainer_name: str, engine, target: str, model_label: str) -> Explanation:
+    """The explainer's maps for the result's own clips, placed on the display grid."""
+    computed = result.computed
+    recording, clips = computed.recording, computed.clips
     target_class = _target_class(target, result.decision)
-    clip_maps = _run_explainer(engine, classifier, waveforms, target_class, explainer_name)
+    clip_maps = _run_explainer(engine, classifier, computed.waveforms, target_class, explainer_name)
 
     rate = int(classifier.sample_rate)
     spectrogram, frequencies, times = display_spectrogram(_display_waveform(recording, clips, rate), rate)

@@ -14,12 +14,18 @@ error for that file. Decoding warnings (truncated, stereo...) pass through; a lo
 is reported only when the recording lacks frequencies the model reads (below its band limit).
 
 Every result carries :data:`DISCLAIMER`: this is screening support, not a diagnosis.
+
+A recording flows one way: decode -> preprocess (clips) -> classify -> result. What screening
+computed on the way (the decoded recording, its clips, their waveforms and P(asthma) per clip,
+the model) stays with the result as :attr:`ScreeningResult.computed` (a :class:`ScreenedClips`;
+never in ``to_dict()``/JSON), so :func:`steth_hub.explanation.explain_result` and the demo
+explain the same clips without preprocessing or classifying the recording again.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,6 +36,28 @@ from steth_hub.errors import AudioError, ModelError, StethError
 DISCLAIMER = "Screening support, not a diagnosis: a clinician must confirm any result."
 #: preset steps that reject recordings from a corpus but only warn when screening
 LENIENT_STEPS = ("min-duration", "clipping")
+
+
+@dataclass
+class ScreenedClips:
+    """What screening computed for one recording, kept for whoever explains or draws it next.
+
+    Attributes:
+        recording: the decoded :class:`~steth_hub.audio.Recording`.
+        clips: the preprocessed :class:`~steth_hub.clips.Clip` objects the model read.
+        waveforms: float32 ``[N, S]``, the clips stacked at the model's sample rate.
+        probabilities: float64 ``[N]``, P(asthma) per clip.
+        model: the model that screened them (a Classifier, or the light runtime's OnnxClassifier).
+    """
+
+    recording: Any
+    clips: list
+    waveforms: np.ndarray
+    probabilities: np.ndarray
+    model: Any
+
+    def __repr__(self) -> str:
+        return f"ScreenedClips({len(self.clips)} clips of {self.waveforms.shape[-1]} samples)"
 
 
 @dataclass
@@ -47,6 +75,8 @@ class ScreeningResult:
         warnings: what a user should know (short, clipped, low sample rate, truncated...).
         model: the model's name or folder.
         disclaimer: the "screening support, not a diagnosis" line.
+        computed: what screening computed (:class:`ScreenedClips`: recording, clips, waveforms,
+            probabilities, model), or None; kept out of ``to_dict()``, ``repr`` and comparisons.
     """
 
     source: str
@@ -60,9 +90,12 @@ class ScreeningResult:
     warnings: list[str] = field(default_factory=list)
     model: str = ""
     disclaimer: str = DISCLAIMER
+    computed: ScreenedClips | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The result as plain JSON-ready values (without :attr:`computed`)."""
+        return {f.name: list(getattr(self, f.name)) if isinstance(getattr(self, f.name), list) else getattr(self, f.name)
+                for f in fields(self) if f.name != "computed"}
 
     def __str__(self) -> str:
         text = (f"{self.source}: P(asthma) = {self.probability:.3f} -> {self.label} "
@@ -282,8 +315,13 @@ def to_recording(path_or_array, sample_rate):
                      code="corrupt", fix="pass a file path, bytes, or a numpy array with sample_rate")
 
 
-def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate=None) -> ScreeningResult:
-    """Screen one recording with a model and its pipeline already built (many files reuse both)."""
+def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate=None, *,
+                  keep: bool = True) -> ScreeningResult:
+    """Screen one recording with a model and its pipeline already built (many files reuse both).
+
+    One preprocessing and one call of ``model.predict_proba``; with ``keep`` what they computed
+    stays on the result (:attr:`ScreeningResult.computed`) for the explanation and the demo.
+    """
     recording = to_recording(path_or_array, sample_rate)
     source = recording.source
     clips, warnings = pipeline.clips(recording, source)
@@ -305,7 +343,8 @@ def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate
         source=source, probability=probability, decision=decision, label="asthma" if decision else "not_asthma",
         threshold=float(model.threshold), n_clips=len(clips), clip_probabilities=[float(p) for p in probs],
         clip_starts=[float(c.start) for c in clips], warnings=pipeline.decoding_warnings(recording) + warnings,
-        model=model_name(model))
+        model=model_name(model),
+        computed=ScreenedClips(recording, clips, waveforms, probs, model) if keep else None)
 
 
 def screen(path_or_array, sample_rate: int | None = None, model=None) -> ScreeningResult:
@@ -318,7 +357,8 @@ def screen(path_or_array, sample_rate: int | None = None, model=None) -> Screeni
             loaded :class:`~steth_hub.classifier.Classifier`.
 
     Returns:
-        A :class:`ScreeningResult`.
+        A :class:`ScreeningResult`; its ``computed`` keeps the recording, clips and per-clip
+        probabilities (``steth_hub.explain(result)`` explains them without screening again).
 
     Raises:
         AudioError: the recording cannot be used (missing, corrupt, empty, silent, NaN, too long...).
@@ -329,10 +369,12 @@ def screen(path_or_array, sample_rate: int | None = None, model=None) -> Screeni
     return screen_loaded(path_or_array, model, ScreeningPipeline(model), sample_rate)
 
 
-def screen_many(paths: Iterable, model=None, progress: bool = True) -> tuple[list[ScreeningResult], list[dict]]:
+def screen_many(paths: Iterable, model=None, progress: bool = True, *,
+                keep: bool = False) -> tuple[list[ScreeningResult], list[dict]]:
     """Screen many recordings with one model; returns ``(results, failures)``.
 
     A failure is ``{"source", "code", "message", "fix"}``; the other files are still screened.
+    ``keep`` keeps each result's :attr:`~ScreeningResult.computed` (off: a long batch holds no audio).
     """
     from tqdm.auto import tqdm
 
@@ -342,7 +384,7 @@ def screen_many(paths: Iterable, model=None, progress: bool = True) -> tuple[lis
     paths = list(paths)
     for path in tqdm(paths, desc="screening", unit="file", disable=not progress or len(paths) < 2):
         try:
-            results.append(screen_loaded(path, model, pipeline))
+            results.append(screen_loaded(path, model, pipeline, keep=keep))
         except StethError as exc:
             failures.append({"source": os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(exc.path),
                              "code": exc.code, "message": exc.message, "fix": exc.fix})

@@ -266,6 +266,42 @@ def test_explain_takes_an_array_and_a_target(tiny_ast):
         explain(ASTHMA, model=tiny_ast, target="copd")
 
 
+def _counted(monkeypatch, cls, method: str, calls: dict, key: str) -> None:
+    original = getattr(cls, method)
+
+    def counting(self, *args, **kwargs):
+        calls[key] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, counting)
+
+
+def test_explain_preprocesses_once_and_a_screening_result_is_explained_as_it_is(tiny_ast, monkeypatch):
+    """One recording, one preprocessing and one forward pass (explain() used to preprocess twice);
+    a result from screen() is explained with its own clips and P(asthma): nothing is computed again."""
+    import dataclasses
+
+    from steth_hub.explanation import explain, explain_result
+    from steth_hub.preprocess import Preprocessor
+    from steth_hub.screening import screen
+
+    calls = {"preprocess": 0, "forward": 0}
+    _counted(monkeypatch, Preprocessor, "run", calls, "preprocess")
+    _counted(monkeypatch, type(tiny_ast), "predict_proba", calls, "forward")
+    direct = explain(ASTHMA, model=tiny_ast, explainer="attention")
+    assert calls == {"preprocess": 1, "forward": 1}
+    result = screen(ASTHMA, model=tiny_ast)
+    assert calls == {"preprocess": 2, "forward": 2}
+    assert "computed" not in result.to_dict() and result.computed.waveforms.shape[0] == result.n_clips == 3
+    reused = explain(result, explainer="attention")  # the public API takes the result too
+    assert calls == {"preprocess": 2, "forward": 2}
+    assert reused.probability == result.probability and reused.decision == result.decision
+    assert reused.probability == pytest.approx(direct.probability) and np.allclose(reused.map, direct.map, atol=1e-5)
+    assert np.array_equal(reused.clip_starts, result.clip_starts) and reused.model == result.model
+    with pytest.raises(ConfigError, match="did not keep its clips"):
+        explain_result(dataclasses.replace(result, computed=None))
+
+
 def test_png_is_readable_and_written_atomically(explanation, tmp_path, monkeypatch):
     import matplotlib.image
 

@@ -81,6 +81,14 @@ def test_screen_returns_a_complete_result(tiny_model, example_wavs):
     assert result.clip_starts[0] == pytest.approx(0.5) and result.disclaimer == DISCLAIMER
     data = result.to_dict()
     assert json.loads(json.dumps(data))["n_clips"] == 3 and "not a diagnosis" in str(result)
+    # what screening computed stays on the result for the explanation, never in its JSON or repr
+    computed = result.computed
+    assert "computed" not in data and "computed" not in repr(result)
+    assert computed.model is model and len(computed.clips) == 3 and computed.waveforms.dtype == np.float32
+    assert computed.waveforms.shape == (3, model.sample_rate * 5) and computed.recording.source == result.source
+    assert np.array_equal(computed.probabilities, result.clip_probabilities)
+    results, _ = screen_many([example_wavs[-1]], model=model, progress=False)  # a batch holds no audio
+    assert results[0].computed is None and results[0] == result
 
 
 def test_screen_an_array_needs_its_rate_and_matches_the_file(tiny_model, example_wavs):
