@@ -6,10 +6,17 @@ one are the same app.
 
 What a visitor gets for one recording: P(asthma), the decision at the model's own threshold,
 the number of clips analysed, quality warnings, the three-window log-mel spectrogram (25, 100
-and 175 ms windows, stacked, axes in seconds and hertz), the explanation map when an explainer
-for the chosen model is installed, and the statement that this is screening support, not a
-diagnosis. Optional patient facts (sex, age, recording site) are shown back and kept in the
-JSON result; the audio classifiers never see them.
+and 175 ms windows, stacked, axes in seconds and hertz), on request ("Show where the model
+looked") the explanation map when an explainer for the chosen model is installed, and the
+statement that this is screening support, not a diagnosis. Optional patient facts (sex, age,
+recording site) are shown back and kept in the JSON result; the audio classifiers never see them.
+
+Screening runs on the light runtime: a model with an ONNX export is screened by ONNX Runtime
+(:mod:`steth_hub.runtime`) and the spectrogram is drawn with numpy (:mod:`steth_hub.display`),
+so a request that does not ask for the map never imports torch. Asking for it loads the torch
+form of the model and the explainer then (the first time), and the map explains the clips and
+P(asthma) the screening computed (:func:`steth_hub.explanation.explain_result`): one decoding,
+one preprocessing and one forward pass per request, whatever is shown.
 
 The page is meant to face the public, so:
 
@@ -26,8 +33,8 @@ The page is meant to face the public, so:
 * Gradio's analytics are off (``GRADIO_ANALYTICS_ENABLED=False`` before gradio is imported).
 
 The pieces it shows come from the rest of steth-hub and are looked up when used:
-:func:`steth_hub.hub.from_pretrained` (models), :func:`steth_hub.screening.screen` (the result),
-:class:`steth_hub.features.MultiWindowLogMel` (the spectrogram), :func:`steth_hub.explanation.explain`
+:func:`steth_hub.screening.load_model` (models), :func:`steth_hub.screening.screen` (the result),
+:func:`steth_hub.display.log_mel` (the spectrogram), :func:`steth_hub.explanation.explain_result`
 (the map) and the plugin registry (installed classifiers and explainers). Importing this
 module imports none of gradio, torch or matplotlib.
 """
@@ -74,6 +81,7 @@ TITLE = "steth-hub: asthma screening support from breath sounds"
 DISCLAIMER = ("**Screening support, not a diagnosis.** The result says whether the recording sounds like "
               "the asthma recordings the model learned from. Only a clinician can diagnose asthma; "
               "do not start, change or stop any treatment because of this page.")
+EXPLAIN_LABEL = "Show where the model looked (the explanation map: slower, loads the explainer)"
 PATIENT_NOTE = ("Optional. Shown with the result and saved in the JSON; **not** used by the model, "
                 "which hears only the audio.")
 
@@ -175,6 +183,7 @@ class ModelCatalog:
             items = [(None, m) for m in models]
         self.entries: dict[str, ModelEntry] = {}
         self._loaded: dict[str, Classifier] = {}
+        self._explainable: dict[str, Classifier] = {}
         self._lock = threading.Lock()
         for name, source in items:
             entry = self._describe(name, source)
@@ -232,6 +241,23 @@ class ModelCatalog:
                 except StethError as exc:
                     raise ModelError(f"model {name!r} cannot be loaded: {exc.message}", fix=exc.fix) from exc
             return self._loaded[name]
+
+    def explainable(self, name: str | None) -> "Classifier":
+        """The torch form of model ``name``, which explainers need (loaded the first time it is asked for:
+        this is what imports torch). A model screened by the light runtime is reloaded from its folder."""
+        name = name or self.default
+        model = self.get(name)
+        with self._lock:
+            if name not in self._explainable:
+                import importlib.util
+
+                from steth_hub.screening import load_model
+
+                if importlib.util.find_spec("torch") is None:
+                    raise ModelError("the explanation map needs torch, which is not installed here",
+                                     fix="pip install 'steth-hub[explain]' (screening works without it)")
+                self._explainable[name] = load_model(model, runtime="torch")
+            return self._explainable[name]
 
 
 def _plugin_of(source: str | os.PathLike) -> str:
@@ -321,14 +347,14 @@ class Screener:
         return time.perf_counter() - start
 
     def __call__(self, audio_path: str | None, model_name: str | None, sex: Any = None, age: Any = None,
-                 site: Any = None) -> tuple:
+                 site: Any = None, explain: bool = False) -> tuple:
         patient = PatientFacts.from_inputs(sex, age, site)
         if not audio_path:
             return _message("No recording yet", "Record with the microphone or upload a file, then press "
                             "Screen recording.", code="no-audio").outputs()
         name = Path(audio_path).name
         try:
-            return self.analyse(audio_path, model_name, patient).outputs()
+            return self.analyse(audio_path, model_name, patient, explain=bool(explain)).outputs()
         except StethError as exc:
             return _message(f"Could not screen {name}", exc.message, fix=exc.fix, code=exc.code,
                             file=name).outputs()
@@ -339,8 +365,10 @@ class Screener:
                             "server's log.", fix="try another recording, or report the problem with the file",
                             code="internal", file=name).outputs()
 
-    def analyse(self, audio_path: str, model_name: str | None, patient: PatientFacts) -> Analysis:
-        """Decode (within the limits), screen, draw; raises StethError for anything a user can fix."""
+    def analyse(self, audio_path: str, model_name: str | None, patient: PatientFacts,
+                explain: bool = False) -> Analysis:
+        """Decode (within the limits), screen, draw, and with ``explain`` explain the screened clips;
+        raises StethError for anything a user can fix."""
         from steth_hub.audio import decode
         from steth_hub.screening import screen
 
@@ -357,35 +385,40 @@ class Screener:
                 exc.fix = f"upload at most {self.settings.max_seconds:g} s (cut the recording)"
             raise
         model = self.catalog.get(model_name)
+        # one preprocessing and one forward pass; the result keeps its clips for the explanation
         result = screen(recording, model=model)  # decoding warnings travel with the recording
         record = _result_record(result, recording, name, model_name or self.catalog.default, model, patient,
                                 self.settings)
-        spectrogram, explanation = self._pictures(recording, model, record)
+        spectrogram, explanation = self._pictures(result, model_name, model, record, explain)
         return Analysis(summary=_summary(result, recording, name, record, patient),
                         warnings=_warnings_text(record["warnings"]),
                         spectrogram=spectrogram, explanation=explanation, result=record)
 
-    def _pictures(self, recording: "Recording", model: "Classifier", record: dict):
-        """The spectrogram and, when an explainer supports the model, the explanation map.
+    def _pictures(self, result, model_name: str | None, model: "Classifier", record: dict, explain: bool):
+        """The spectrogram and, when asked for and an explainer supports the model, the explanation map.
 
         Both are extras: when one cannot be drawn the result still stands, and the JSON says why.
         """
-        from steth_hub.explanation import explain, explainers_for
-
         notes = record.setdefault("notes", [])
         try:
-            spectrogram = spectrogram_image(recording)
+            spectrogram = spectrogram_image(result.computed.recording)
         except Exception as exc:
             log.warning("demo: drawing the spectrogram of %s failed: %s", record["source"], exc)
             spectrogram = None
             notes.append(f"the spectrogram could not be drawn ({type(exc).__name__})")
+        if not explain:  # the explainer (and torch) load only when a visitor asks for the map
+            record["explanation"] = {"explainer": None, "note": "not asked for (tick \"Show where the model "
+                                                                "looked\" to draw it)"}
+            return spectrogram, None
+        from steth_hub.explanation import explain_result, explainers_for
+
         plugin = getattr(model, "plugin_name", None)
         if not explainers_for(plugin):
             record["explanation"] = {"explainer": None,
                                      "note": f"no explainer is installed for the {plugin} classifier"}
             return spectrogram, None
-        try:
-            explanation = explain(recording, model=model)  # the default explainer of the model's plugin
+        try:  # the default explainer of the model's plugin, on the clips screening computed
+            explanation = explain_result(result, model=self.catalog.explainable(model_name))
         except Exception as exc:
             log.warning("demo: explaining %s failed: %s", record["source"], exc)
             record["explanation"] = {"explainer": None, "note": f"the explanation could not be drawn ({exc})"}
@@ -463,15 +496,24 @@ def _message(title: str, message: str, *, fix: str | None = None, code: str = "e
 
 
 # --------------------------------------------------------------------------- pictures
-def spectrogram_image(recording: "Recording") -> "np.ndarray":
-    """The three-window log-mel of the whole recording: 3 stacked panels, time in s, frequency in Hz."""
-    from steth_hub.features import MultiWindowLogMel
+#: the spectrogram's windows (ms) and band (Hz): MultiWindowLogMel's, the three windows the models use
+SPECTROGRAM_WINDOWS_MS = (25.0, 100.0, 175.0)
+SPECTROGRAM_BAND_HZ = (0.0, 8000.0)
 
-    extractor = MultiWindowLogMel()  # 25/100/175 ms, 128 mel bands over 0-8 kHz (resamples to its rate)
-    mel = extractor(recording.samples[None, :], recording.sample_rate)[0].cpu().numpy()
-    return _draw_panels(mel, [f"{w:g} ms window" for w in extractor.windows_ms], recording.duration,
-                        extractor.f_min, extractor.f_max, colorbar="dB",
-                        title="Log-mel spectrogram (the three windows the models use)")
+
+def spectrogram_image(recording: "Recording") -> "np.ndarray":
+    """The three-window log-mel of the whole recording: 3 stacked panels, time in s, frequency in Hz.
+
+    Computed in numpy (:func:`steth_hub.display.log_mel`, the numbers of
+    :class:`~steth_hub.features.MultiWindowLogMel`): drawing it imports no torch.
+    """
+    from steth_hub.display import log_mel
+
+    f_min, f_max = SPECTROGRAM_BAND_HZ
+    mel = log_mel(recording.samples, recording.sample_rate, windows_ms=SPECTROGRAM_WINDOWS_MS, f_min=f_min,
+                  f_max=f_max)  # resampled to 16 kHz, 128 mel bands, 10 ms hop
+    return _draw_panels(mel, [f"{w:g} ms window" for w in SPECTROGRAM_WINDOWS_MS], recording.duration,
+                        f_min, f_max, colorbar="dB", title="Log-mel spectrogram (the three windows the models use)")
 
 
 def _draw_panels(images: "np.ndarray", titles: list[str], duration: float, f_min: float, f_max: float, *,
@@ -481,7 +523,7 @@ def _draw_panels(images: "np.ndarray", titles: list[str], duration: float, f_min
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from steth_hub.explanation import hz_to_mel  # the Slaney scale the features' filterbank uses
+    from steth_hub.display import hz_to_mel  # the Slaney scale the features' filterbank uses
 
     n_mels = images.shape[-2]
     ticks_hz = [f for f in (0, 250, 500, 1000, 2000, 4000, 8000, 16000) if f_min <= f <= f_max]
@@ -788,6 +830,7 @@ def build_app(models: Sequence[Any] | Mapping[str, Any] | None = None, *,
                                           placeholder="e.g. P R M (posterior right middle), Tc (trachea)")
                     model = gr.Dropdown(choices=catalog.choices(), value=catalog.default, label="Model",
                                         elem_id="steth-model")
+                    explain_box = gr.Checkbox(value=False, label=EXPLAIN_LABEL, elem_id="steth-explain")
                     gr.Markdown(f"Installed classifier plugins: {', '.join(classifiers) or 'none'}. "
                                 f"Installed explainers: {', '.join(explainers) or 'none'}.",
                                 elem_id="steth-plugins")
@@ -803,14 +846,15 @@ def build_app(models: Sequence[Any] | Mapping[str, Any] | None = None, *,
                     with gr.Accordion("Result as JSON", open=False):
                         result = gr.JSON(label="result", elem_id="steth-json")
 
-            def screen_recording(recording, model_name=None, sex="", age=None, site=""):
-                """Screen the uploaded recording; the map's box shows only when there is a map."""
+            def screen_recording(recording, model_name=None, sex="", age=None, site="", explain=False):
+                """Screen the uploaded recording (and explain it when asked); the map's box shows only
+                when there is a map."""
                 summary_, warnings_, spectrogram_, explanation_, result_ = screener(recording, model_name, sex, age,
-                                                                                    site)
+                                                                                    site, explain)
                 return (summary_, warnings_, spectrogram_,
                         gr.Image(value=explanation_, visible=explanation_ is not None), result_)
 
-            inputs = [audio, model, sex, age, site]
+            inputs = [audio, model, sex, age, site, explain_box]
             outputs = [summary, warnings, spectrogram, explanation, result]
             button.click(screen_recording, inputs=inputs, outputs=outputs, api_name="screen")
             rows = example_rows() if examples else []

@@ -106,6 +106,13 @@ def test_upload_screen_and_read_the_result_in_chromium(browser, page_url, tiny_d
         f"document.querySelector('#steth-result').innerText.includes({NORMAL_WAV.name.split(',')[0]!r})",
         timeout=60_000)
     assert "screen negative" in page.inner_text("#steth-result")
+    assert "not asked for" in page.inner_text("#steth-result")  # no map unless asked for
+
+    # ticking "Show where the model looked" asks for the map (none is installed for the MFCC model)
+    page.check("#steth-explain input[type=checkbox]")
+    page.click("#steth-run")
+    page.wait_for_function("document.querySelector('#steth-result').innerText.includes('no explainer is installed')",
+                           timeout=60_000)
 
     hosts = {urlparse(u).hostname for u in requested if urlparse(u).scheme in ("http", "https", "ws", "wss")}
     assert hosts == {"127.0.0.1"}, f"the page reached beyond 127.0.0.1: {sorted(hosts)}"

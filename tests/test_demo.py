@@ -8,6 +8,7 @@ change the result; the page must import nothing heavy until it is built.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from steth_hub import demo
 from steth_hub.errors import ConfigError
 from steth_hub.explanation import decision_numbers
-from test_demo_support import ASTHMA_WAV, EXAMPLES, NORMAL_WAV, tiled_wav, train_tiny_model
+from test_demo_support import ASTHMA_WAV, EXAMPLES, NORMAL_WAV, REPO, tiled_wav, train_tiny_model
 
 HEAVY = ("gradio", "torch", "transformers", "datasets", "timm", "sklearn", "librosa", "matplotlib")
 
@@ -46,6 +47,67 @@ def test_importing_the_demo_and_its_command_imports_nothing_heavy():
     assert "GRADIO_ANALYTICS_ENABLED" in demo.__doc__ and demo.os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
 
 
+def test_screening_in_the_demo_runs_on_the_light_runtime_without_torch():
+    """The Space's app (spaces/app.py: the page of ``steth demo``, the embedded default with its ONNX
+    export): a visitor's recording is screened and its spectrogram drawn without importing torch."""
+    code = ("import runpy, sys\nfrom steth_hub.runtime import OnnxClassifier\n"
+            f"app = runpy.run_path({str(REPO / 'spaces' / 'app.py')!r}, run_name='space')['demo']\n"
+            "summary, warnings, spectrogram, explanation, record = app.steth_screener(sys.argv[1], None)\n"
+            "model = app.steth_screener.catalog.get(None)\n"
+            "print('RESULT', record.get('probability'), record['explanation'].get('note'), spectrogram.shape, "
+            "explanation, isinstance(model, OnnxClassifier))\n"
+            "print('HEAVY', [m for m in ('torch', 'transformers', 'datasets', 'timm') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code, str(ASTHMA_WAV)], capture_output=True, text=True,
+                          env={**os.environ, "STETH_RUNTIME": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HEAVY []" in done.stdout, done.stdout
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    assert "RESULT 0." in result and "not asked for" in result and "None True" in result, result
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_demo_request_preprocesses_once_and_the_map_reuses_its_clips(monkeypatch):
+    """Screening and explaining one upload: one decoding, one preprocessing, one forward pass (the
+    light runtime's); the explainer gets the clips screening computed, never a second screening."""
+    import steth_hub.audio
+    from steth_hub.hub import DEFAULT_MODEL
+    from steth_hub.preprocess import Preprocessor
+    from steth_hub.runtime import OnnxClassifier
+
+    catalog = demo.ModelCatalog([DEFAULT_MODEL])
+    if catalog.entries[DEFAULT_MODEL].error is not None or not isinstance(catalog.get(None), OnnxClassifier):
+        pytest.skip("the embedded default model or its ONNX export is not in this checkout")
+    heavy = catalog.explainable(None)  # the torch form, loaded before counting starts
+    calls = {"decode": 0, "preprocess": 0, "onnx": 0, "torch": 0, "explain": 0}
+
+    def count(owner, method, key):
+        original = getattr(owner, method)
+
+        def counting(*args, **kwargs):
+            calls[key] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, method, counting)
+
+    count(steth_hub.audio, "decode", "decode")
+    count(Preprocessor, "run", "preprocess")
+    count(OnnxClassifier, "predict_proba", "onnx")
+    count(type(heavy), "predict_proba", "torch")
+    import steth_hub.explanation as explanation
+
+    count(explanation, "_run_explainer", "explain")
+    screener = demo.Screener(catalog, demo.DemoSettings())
+    summary, _, spectrogram, picture, record = screener(str(ASTHMA_WAV), None, explain=True)
+    assert calls == {"decode": 1, "preprocess": 1, "onnx": 1, "torch": 0, "explain": 1}, calls
+    assert record["explanation"]["explainer"] == "gradcam" and picture is not None and spectrogram is not None
+    assert "drawn by the gradcam explainer" in summary and record["n_clips"] == 3
+    from steth_hub.screening import screen
+
+    expected = screen(ASTHMA_WAV, model=catalog.get(None))
+    assert record["probability"] == pytest.approx(expected.probability, abs=1e-12)
+    assert record["decision"] == expected.decision
+
+
 def test_a_real_recording_gets_the_screening_result_of_steth_hub_screen(screener, tiny_dir):
     from steth_hub.screening import screen
 
@@ -62,12 +124,17 @@ def test_a_real_recording_gets_the_screening_result_of_steth_hub_screen(screener
     assert "not a diagnosis" in summary.lower()
     # a 4 kHz recording holds all the 0-2 kHz this model reads: no quality warning
     assert record["warnings"] == [] and warnings == "**Quality:** no warnings."
-    # three stacked panels drawn as an RGB picture; no explainer supports mfcc-logreg, and the JSON says so
+    # three stacked panels drawn as an RGB picture; the map is drawn only when asked for
     assert spectrogram.ndim == 3 and spectrogram.shape[2] == 3 and spectrogram.shape[0] > 400
     assert spectrogram.std() > 10  # a drawn picture, not a blank canvas
+    assert explanation is None and "not asked for" in record["explanation"]["note"]
+    assert 'Explanation map:** not shown: not asked for (tick "Show where the model looked"' in summary
+    json.dumps(record)  # the JSON output is plain JSON
+    # asked for: no explainer supports mfcc-logreg, and the page and the JSON say so
+    summary, _, _, explanation, record = screener(str(ASTHMA_WAV), "tiny", explain=True)
     assert explanation is None and "no explainer" in record["explanation"]["note"]
     assert "Explanation map:** not shown: no explainer is installed for the mfcc-logreg classifier" in summary
-    json.dumps(record)  # the JSON output is plain JSON
+    assert record["probability"] == pytest.approx(expected.probability, abs=1e-9)
 
 
 def test_the_summary_shows_the_threshold_with_3_decimals_and_a_close_p_with_3():
@@ -110,7 +177,7 @@ def test_the_explainer_map_is_shown_when_an_explainer_supports_the_model():
         pytest.skip("the integrated-gradients explainer (the default for AST) is not installed")
     model = make_tiny_ast()
     screener = demo.Screener(demo.ModelCatalog({"tiny-ast": model}), demo.DemoSettings())
-    summary, _, spectrogram, picture, record = screener(str(ASTHMA_WAV), "tiny-ast")
+    summary, _, spectrogram, picture, record = screener(str(ASTHMA_WAV), "tiny-ast", explain=True)
     expected = explain(ASTHMA_WAV, model=model)
     assert record["explanation"]["explainer"] == expected.explainer == "integrated-gradients"
     assert record["explanation"]["peak"] == expected.summary()["peak"]
