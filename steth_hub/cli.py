@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "push": ("hub", "push", "Publish a model folder to the Hugging Face Hub."),
     "demo": ("demo", "demo", "Launch the Gradio demo locally."),
     "federated": ("federated", "federated", "Federated training with Flower: partition, run, clinic."),
+    "generate": ("generate", "generate", "Synthetic breath sounds from a prompt or patient facts (WAV + JSON), optionally checked."),
     "convert": ("convert", "convert", "Convert a third-party PyTorch state dict (.pt) to safetensors, safely."),
 }
 
