@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from steth_hub import metrics
+from steth_hub.corpus import splits
 from steth_hub.errors import ConfigError, CorpusError
 
 REPORT_FILE = "evaluation.json"
@@ -69,32 +70,15 @@ def quick_recipe(recipe: Mapping[str, Any]) -> dict:
 
 # --------------------------------------------------------------------------- folds
 def patient_labels(clips) -> dict[str, int]:
-    """One label per patient; a patient whose clips carry two labels is a corpus error."""
-    try:
-        ids, labels = metrics.group_value(clips.labels.astype(np.int64), clips.patient_ids)
-    except ValueError as exc:
-        raise CorpusError(f"conflicting labels: {exc}", fix="re-import the corpus; every patient needs one label") \
-            from exc
-    return {str(p): int(y) for p, y in zip(ids, labels)}
+    """One label per patient of a ClipSet (:func:`steth_hub.corpus.splits.patient_labels`)."""
+    return splits.patient_labels(list(clips.patient_ids), list(clips.labels))
 
 
 def make_folds(clips, n_folds: int, seed: int = 0) -> dict[str, int]:
-    """Patient -> fold with ``StratifiedGroupKFold`` over recordings, grouped by patient, seeded."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    rec_ids, rec_patients = metrics.group_value(clips.patient_ids, clips.recording_ids)
-    _, rec_labels = metrics.group_value(clips.labels.astype(np.int64), clips.recording_ids)
-    n_patients = len(set(rec_patients))
-    if n_folds < 2 or n_folds > n_patients:
-        raise ConfigError(f"cannot make {n_folds} patient folds from {n_patients} patients",
-                          fix=f"choose --folds between 2 and {n_patients}")
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    folds: dict[str, int] = {}
-    for k, (_, test) in enumerate(splitter.split(np.zeros(len(rec_ids)), rec_labels.astype(np.int64),
-                                                 rec_patients.astype(str))):
-        for patient in rec_patients[test]:
-            folds[str(patient)] = k
-    return folds
+    """Patient -> fold for a ClipSet (:func:`steth_hub.corpus.splits.patient_folds`, recordings in
+    the order they appear), the folds of ``steth evaluate --folds K --seed S``."""
+    return splits.patient_folds(list(clips.patient_ids), list(clips.labels), n_folds=int(n_folds), seed=int(seed),
+                                recording_ids=list(clips.recording_ids))
 
 
 def corpus_folds(corpus) -> dict[str, int]:

@@ -52,8 +52,13 @@ def test_made_folds_are_patient_disjoint_stratified_and_seeded():
         assert sum(labels[p] for p, f in folds.items() if f == k) == 2  # 10 asthma patients over 5 folds
     assert evaluate.make_folds(clips, 5, seed=3) == folds
     assert evaluate.make_folds(clips, 5, seed=4) != folds
-    with pytest.raises(ConfigError, match="between 2 and 30"):
+    with pytest.raises(CorpusError, match="30 patient.*cannot fill 31 folds"):
         evaluate.make_folds(clips, 31)
+    # one fold maker: the corpus's (steth_hub.corpus.splits), with the recordings in the order they appear
+    from steth_hub.corpus.splits import patient_folds
+
+    assert patient_folds(list(clips.patient_ids), list(clips.labels), n_folds=5, seed=3,
+                         recording_ids=list(clips.recording_ids)) == folds
 
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
@@ -80,7 +85,7 @@ def test_corpus_folds_and_conflicting_labels():
         evaluate.corpus_folds(Stub())
     clips = _synthetic_clips(n_patients=4)
     clips.labels[0] = 1 - clips.labels[0]
-    with pytest.raises(CorpusError, match="conflicting labels"):
+    with pytest.raises(CorpusError, match="labels 0 and 1|labels 1 and 0"):
         evaluate.patient_labels(clips)
 
 

@@ -35,11 +35,30 @@ def patient_labels(patient_ids: Sequence[str], labels: Sequence[int]) -> dict[st
 
 
 def patient_folds(patient_ids: Sequence[str], labels: Sequence[int], *, n_folds: int = 5,
-                  seed: int = 0) -> dict[str, int]:
-    """{patient_id: fold} from recording-level patient ids and labels (see the module docstring).
+                  seed: int = 0, recording_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """{patient_id: fold}: the one fold maker of steth-hub (corpus import, cross-validation, federated partitions).
 
-    Raises :class:`CorpusError` when there are too few patients (of a class) for ``n_folds``.
+    Without ``recording_ids`` each row is one recording (a corpus's rows), taken in patient-id
+    order, so the folds do not depend on the order of the rows. With ``recording_ids`` the rows
+    may be clips (a ClipSet: several per recording); they are reduced to one row per recording in
+    the order the recordings first appear, the order in which ``steth evaluate --folds K --seed S``
+    has always made its folds (the kept reports' ``folds_fingerprint`` depends on it).
+
+    Raises :class:`CorpusError` when there are too few patients (of a class) for ``n_folds``,
+    or when one patient (or recording) carries two labels.
     """
+    if recording_ids is not None:
+        first: dict = {}
+        for i, rid in enumerate(recording_ids):
+            rid = str(rid)
+            if rid not in first:
+                first[rid] = i
+            elif int(labels[i]) != int(labels[first[rid]]) or str(patient_ids[i]) != str(patient_ids[first[rid]]):
+                raise CorpusError(f"recording {rid} has clips with two labels or two patients",
+                                  fix="re-import the corpus; every recording needs one patient and one label")
+        rows = list(first.values())
+        patient_ids = [str(patient_ids[i]) for i in rows]
+        labels = [int(labels[i]) for i in rows]
     if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
         raise CorpusError(f"n_folds must be an integer of at least 2, got {n_folds!r}", fix="use --folds 2 or more")
     per_patient = patient_labels(patient_ids, labels)
@@ -59,7 +78,8 @@ def patient_folds(patient_ids: Sequence[str], labels: Sequence[int], *, n_folds:
     import numpy as np
     from sklearn.model_selection import StratifiedGroupKFold
 
-    order = sorted(range(len(patient_ids)), key=lambda i: (patient_ids[i], i))
+    order = (list(range(len(patient_ids))) if recording_ids is not None
+             else sorted(range(len(patient_ids)), key=lambda i: (patient_ids[i], i)))
     groups = np.array([patient_ids[i] for i in order], dtype=object)
     y = np.array([int(labels[i]) for i in order])
     folds: dict[str, int] = {}
