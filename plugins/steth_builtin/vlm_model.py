@@ -64,7 +64,10 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("native", "moondream", "steth-llava")
 FINETUNE = ("lora", "full", "none")
-OWN_KEYS = {"family", "path", "revision", "trust_remote_code", "prompt_fields", "task", "answers", "finetune",
+#: how an answer's tokens are combined: "sum" (the sequence log-likelihood) or "mean" (per token, so a
+#: pretrained model does not favour the answer with fewer tokens before any training)
+SCORES = ("sum", "mean")
+OWN_KEYS = {"family", "path", "revision", "trust_remote_code", "prompt_fields", "task", "answers", "finetune", "score",
             "lora", "image", "build", "max_new_tokens", "caption_warmup", "preset", "sample_rate"}
 IMAGE_KEYS = {"windows_ms", "hop_ms", "n_mels", "f_min", "f_max", "top_db"}
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
@@ -74,8 +77,9 @@ VLM_FILE = "vlm.json"
 #: transformers versions Moondream2's remote code is known to work with
 MOONDREAM_TRANSFORMERS = "<5"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-#: (prompt settings, sha1 of an image row) -> prompt text; filled when clips are featurised, read in logits()
-_PROMPTS: dict = {}
+#: (image settings, sha1 of an image row) -> sha1 of the clip it was made from; filled when clips are
+#: featurised (also when the feature cache answers later), read in logits() to find the clip's facts
+_IMAGE_CLIPS: dict = {}
 #: corpus fingerprint + preset -> {sha1 of a clip's samples: PromptFacts}
 _CORPUS_FACTS: dict = {}
 
@@ -143,6 +147,11 @@ class VLMClassifier(TorchClassifier):
                 raise ConfigError(f"model.{key} has unknown key(s) {sorted(set(value) - allowed) if isinstance(value, dict) else value!r}",
                                   fix=f"use model.{key}: {{{', '.join(sorted(allowed))}}}")
         config["finetune"] = finetune
+        score = str(config.get("score", "sum" if family == "steth-llava" else "mean"))
+        if score not in SCORES:
+            raise ConfigError(f"model.score {score!r} is not one of {', '.join(SCORES)}",
+                              fix="use score: mean (per-token log-likelihood) or sum")
+        config["score"] = score
         check_fields(config.get("prompt_fields"))
         check_answers(config.get("answers"))
         trust = config.get("trust_remote_code", False)
@@ -158,13 +167,17 @@ class VLMClassifier(TorchClassifier):
                                       "Hugging Face cache")
             net, processor = load_pretrained_vlm(family, config["path"], revision=config.get("revision"),
                                                  trust_remote_code=trust)
-        settings = {k: config[k] for k in ("prompt_fields", "task", "answers", "finetune", "lora", "image",
+        settings = {k: config[k] for k in ("prompt_fields", "task", "answers", "finetune", "score", "lora", "image",
                                            "max_new_tokens", "caption_warmup") if config.get(k) is not None}
         settings["source"] = {"family": family, "path": str(config.get("path") or "") or None,
                               "revision": config.get("revision"), "trust_remote_code": trust}
         model = cls(net=net, processor=processor, family=family, settings=settings,
                     sample_rate=int(config.get("sample_rate", 16000)), preset=config.get("preset"))
         return model
+
+    @property
+    def _mean(self) -> bool:
+        return self.settings.get("score", "sum") == "mean"
 
     # ------------------------------------------------------------------ the image
     def front_end(self):
@@ -193,9 +206,9 @@ class VLMClassifier(TorchClassifier):
         db = torch.as_tensor(db).float()
         top = db.amax(dim=(1, 2, 3), keepdim=True)
         images = ((db - top + 80.0) / 80.0).clamp(0.0, 1.0)
-        key = self._prompt_key()
+        key = self._image_key()
         for w, image in zip(waveforms, images):
-            _PROMPTS[(key, _sha(image.numpy()))] = self.prompt_for(self.facts_for(w))[0]
+            _IMAGE_CLIPS[(key, _sha(image.numpy()))] = _sha(w)
         return images
 
     def fit_normalisation(self, features) -> None:
@@ -205,8 +218,19 @@ class VLMClassifier(TorchClassifier):
         return features
 
     # ------------------------------------------------------------------ facts and prompts
-    def _prompt_key(self) -> str:
-        return json.dumps([self.fields, self.task, list(self.windows_ms)])
+    def _image_key(self) -> str:
+        return json.dumps(sorted(self.front_end().config().items()))
+
+    def prompts_for_features(self, features) -> list[str]:
+        """The prompt of each image row: the facts of the clip it was made from (registered, else the
+        context's); an image not made by ``featurise`` (an explainer's blend) gets the context's."""
+        key = self._image_key()
+        out = []
+        for f in features:
+            clip = _IMAGE_CLIPS.get((key, _sha(f.detach().float().cpu().numpy())))
+            facts = self._clip_facts.get(clip) if clip is not None else None
+            out.append(self.prompt_for(facts or self._context)[0])
+        return out
 
     def prompt_for(self, facts: PromptFacts | None) -> tuple[str, list[str]]:
         """``(prompt JSON, omitted fields)`` for these facts, with this model's settings."""
@@ -278,9 +302,7 @@ class VLMClassifier(TorchClassifier):
     # ------------------------------------------------------------------ scoring
     def logits(self, net, features):
         """``[N, 2]``: log-likelihood of "not asthma" and of "asthma" (the configured answers) per clip."""
-        key = self._prompt_key()
-        default = self.prompt_for(self._context)[0]
-        prompts = [_PROMPTS.get((key, _sha(f.detach().float().cpu().numpy())), default) for f in features]
+        prompts = self.prompts_for_features(features)
         if self.family == "steth-llava":
             return _score_steth_llava(self, net, features, prompts)
         if self.family == "moondream":
@@ -411,6 +433,7 @@ class VLMClassifier(TorchClassifier):
     def _vlm_settings(self) -> dict:
         return {"family": self.family, "prompt_fields": list(self.fields), "task": self.task, "answers": self.answers,
                 "image": self.front_end().config(), "finetune": self.settings.get("finetune"),
+                "score": self.settings.get("score", "sum"),
                 "max_new_tokens": self.settings.get("max_new_tokens"),
                 "source": self.settings.get("source")}
 
@@ -442,6 +465,7 @@ class VLMClassifier(TorchClassifier):
         net, processor = load_pretrained_vlm(family, directory, revision=None, trust_remote_code=False)
         image = {k: v for k, v in (settings.get("image") or {}).items() if k in IMAGE_KEYS}
         keep = {"prompt_fields": settings.get("prompt_fields"), "task": settings.get("task"),
+                "score": settings.get("score"),
                 "answers": settings.get("answers"), "finetune": settings.get("finetune"), "image": image,
                 "max_new_tokens": settings.get("max_new_tokens"), "source": settings.get("source")}
         model = cls(net=net, processor=processor, family=family, settings={k: v for k, v in keep.items() if v is not None},
@@ -579,8 +603,8 @@ def _answer_ids(tokenizer, text: str, prompt_text: str) -> list[int]:
     return list(ids)
 
 
-def _sequence_logprobs(logits, input_ids, starts, ends):
-    """Sum of log p(token) over positions [start, end) of each row."""
+def _sequence_logprobs(logits, input_ids, starts, ends, mean: bool = False):
+    """Sum (or mean) of log p(token) over positions [start, end) of each row."""
     import torch
 
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -588,7 +612,8 @@ def _sequence_logprobs(logits, input_ids, starts, ends):
     for r in range(input_ids.shape[0]):
         s, e = starts[r], ends[r]
         tok = input_ids[r, s:e]
-        out.append(logp[r, s - 1:e - 1].gather(-1, tok[:, None]).sum())
+        value = logp[r, s - 1:e - 1].gather(-1, tok[:, None])
+        out.append(value.mean() if mean else value.sum())
     return torch.stack(out)
 
 
@@ -628,7 +653,7 @@ def _score_native(model: VLMClassifier, net, features, prompts):
             else:
                 extra[name] = value
         out = net(input_ids=ids.to(device), attention_mask=mask.to(device), **extra)
-        rows.append(_sequence_logprobs(out.logits, ids.to(device), starts, ends))
+        rows.append(_sequence_logprobs(out.logits, ids.to(device), starts, ends, model._mean))
     return torch.stack(rows)
 
 
@@ -671,7 +696,8 @@ def _score_moondream(model: VLMClassifier, net, features, prompts):
             logits = net.text_model(inputs_embeds=embeds).logits
             start = prefix.shape[1]
             logp = torch.log_softmax(logits[0, start - 1:-1].float(), dim=-1)
-            scores.append(logp.gather(-1, torch.tensor(ids, device=logp.device)[:, None]).sum())
+            value = logp.gather(-1, torch.tensor(ids, device=logp.device)[:, None])
+            scores.append(value.mean() if model._mean else value.sum())
         rows.append(torch.stack(scores))
     return torch.stack(rows)
 
@@ -720,7 +746,7 @@ def _score_steth_llava(model: VLMClassifier, net, features, prompts):
     ids, mask = ids.to(device), mask.to(device)
     embeds = net.merge(ids, image_embeds=image_embeds[owners])
     out = net(inputs_embeds=embeds, attention_mask=mask)
-    scores = _sequence_logprobs(out.logits, ids, starts, ends)
+    scores = _sequence_logprobs(out.logits, ids, starts, ends, model._mean)
     return scores.view(len(prompts), 2)
 
 
@@ -747,13 +773,12 @@ def _caption_warmup(model: VLMClassifier, train, epochs: int, *, seed: int) -> N
     net = model.net
     tokenizer = model.processor
     gen = torch.Generator().manual_seed(seed)
-    key = model._prompt_key()
     with torch.no_grad():
         net.eval()
         images = torch.cat([cached_features(model, train.waveforms[i:i + 32], train.sample_rate)
                             for i in range(0, len(train), 32)])
         embeds = torch.cat([net.image_tokens(images[i:i + 32]) for i in range(0, len(images), 32)])
-    prompts = [_PROMPTS.get((key, _sha(f.numpy())), model.prompt_for(None)[0]) for f in images]
+    prompts = model.prompts_for_features(images)
     params = [p for n, p in net.named_parameters() if not n.startswith("vision_tower")]
     optimiser = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.01)
     labels = np.asarray(train.labels)
