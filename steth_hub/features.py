@@ -28,7 +28,7 @@ mel bands above about 2 kHz hold (almost) no power; they come out at the floor
 clamped at ``amin`` before the logarithm). ``tests/test_features.py`` checks this on a real
 4 kHz recording.
 
-:func:`cached_features` computes the features of a corpus's preprocessed clips once and
+:func:`corpus_features` computes the features of a corpus's preprocessed clips once and
 keeps them with the corpus (``CORPUS/features/<preset>/<extractor>/``), keyed by the
 corpus, the preset and the extractor's settings.
 
@@ -482,7 +482,7 @@ def _load_cached(folder: Path, key: str) -> FeatureSet | None:
     return fs
 
 
-def cached_features(corpus, extractor: str = "multiwindow-logmel", preset=None, *,
+def corpus_features(corpus, extractor: str = "multiwindow-logmel", preset=None, *,
                     extractor_params: Mapping | None = None, batch_size: int = 32, progress: bool = True,
                     refresh: bool = False) -> FeatureSet:
     """Features of a corpus's preprocessed clips, computed once and kept with the corpus.

@@ -100,18 +100,18 @@ def test_clips_are_saved_once_and_reused(corpus_path, tmp_path):
 
 def test_feature_cache(corpus_path):
     torch = pytest.importorskip("torch")
-    from steth_hub.features import MultiWindowLogMel, cached_features
+    from steth_hub.features import MultiWindowLogMel, corpus_features
 
-    first = cached_features(corpus_path, "multiwindow-logmel", progress=False)
+    first = corpus_features(corpus_path, "multiwindow-logmel", progress=False)
     assert not first.reused and tuple(first.features.shape) == (18, 3, 128, 501)
     assert first.path == corpus_path / "features" / "excerpt-10s" / "multiwindow-logmel"
     clips = ClipSet.load(clips_dir(corpus_path, load_preset()))
     assert torch.allclose(first.features[:2], MultiWindowLogMel()(clips.waveforms[:2], 16000), atol=1e-4)
-    second = cached_features(corpus_path, "multiwindow-logmel", progress=False)
+    second = corpus_features(corpus_path, "multiwindow-logmel", progress=False)
     assert second.reused and torch.equal(second.features, first.features)
     assert list(second.patient_ids) == list(first.patient_ids) and np.array_equal(second.labels, first.labels)
     # other extractor settings: another key, recomputed (and the cache now holds those)
-    third = cached_features(corpus_path, "multiwindow-logmel", extractor_params={"n_mels": 64}, progress=False)
+    third = corpus_features(corpus_path, "multiwindow-logmel", extractor_params={"n_mels": 64}, progress=False)
     assert not third.reused and third.features.shape[2] == 64
     index = json.loads((third.path / "features.json").read_text())
     assert index["meta"]["settings"]["n_mels"] == 64 and index["meta"]["preset"]["name"] == "excerpt-10s"

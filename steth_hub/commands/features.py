@@ -6,7 +6,7 @@
 Clips come from ``CORPUS/clips/<preset>/`` (made first if missing or stale); features go
 to ``CORPUS/features/<preset>/<extractor>/``. A second run with the same corpus, preset and
 extractor settings reads them back instead of recomputing. The work is done by
-:func:`steth_hub.features.cached_features`, imported (with torch) when the command runs.
+:func:`steth_hub.features.corpus_features`, imported (with torch) when the command runs.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import click
 def features(corpus: str, extractor: str, preset: str | None, batch_size: int, device: str | None, refresh: bool,
              as_json: bool, quiet: bool) -> None:
     """Compute (or reuse) the features of every preprocessed clip of CORPUS."""
-    from steth_hub.features import cached_features
+    from steth_hub.features import corpus_features
     from steth_hub.preprocess import load_preset
 
     chosen = load_preset(preset)
     params = {"device": device} if device else {}
     if not as_json:
         click.echo(chosen.describe("[default]" if preset is None else ""))
-    result = cached_features(corpus, extractor, chosen, extractor_params=params, batch_size=batch_size,
+    result = corpus_features(corpus, extractor, chosen, extractor_params=params, batch_size=batch_size,
                              progress=not quiet, refresh=refresh)
     summary = {"extractor": extractor, "settings": result.meta.get("settings"), "preset": chosen.name,
                "n_clips": len(result), "shape": list(result.features.shape), "path": str(result.path),
