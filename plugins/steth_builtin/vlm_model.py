@@ -173,6 +173,8 @@ class VLMClassifier(TorchClassifier):
                               "revision": config.get("revision"), "trust_remote_code": trust}
         model = cls(net=net, processor=processor, family=family, settings=settings,
                     sample_rate=int(config.get("sample_rate", 16000)), preset=config.get("preset"))
+        if family == "steth-llava":
+            model.metadata.update(steth_llava_parts(config.get("build") or {}, net))
         return model
 
     @property
@@ -805,6 +807,35 @@ def _caption_warmup(model: VLMClassifier, train, epochs: int, *, seed: int) -> N
             out.loss.backward()
             optimiser.step()
     net.eval()
+
+
+#: EfficientAT, credited in the card of every steth-llava model whose tower started from its weights
+EFFICIENTAT_ATTRIBUTION = ("EfficientAT MobileNetV3 pretrained on AudioSet (Schmid, Koutini, Widmer, ICASSP 2023; "
+                           "github.com/fschmid56/EfficientAT; MIT licence, Copyright (c) 2022 Florian Schmid)")
+
+
+def steth_llava_parts(build: Mapping, net) -> dict:
+    """What a steth-llava model is made of and where each part comes from (for its card)."""
+    text = net.config.text_config
+    pretrained = bool(build.get("encoder_weights"))
+    grid = net.config.image_grid
+    return {
+        "architecture": (f"steth-llava: EfficientAT MobileNetV3 (width {net.config.width_mult}) vision tower -> "
+                         f"{grid[0]}x{grid[1]} pooled cells -> 2-layer MLP projector -> {grid[0] * grid[1]} image "
+                         f"tokens in a {text.num_hidden_layers}-layer Llama (hidden {text.hidden_size}, vocabulary "
+                         f"{text.vocab_size} words)"),
+        "parts": {
+            "vision tower": ("EfficientAT mn04 initialised from its AudioSet-pretrained weights (first convolution "
+                             "spread over the 3 window channels), every layer fine-tuned here on the shared KAUH + "
+                             "ICBHI recordings" if pretrained else "EfficientAT layout, random initialisation, "
+                             "trained here"),
+            "projector": "trained here from random initialisation",
+            "language model": ("a tiny Llama (transformers) trained here from random initialisation on the paper's "
+                               "prompt JSON and the answers 'asthma' / 'not asthma'; no pretrained language model"),
+            "tokenizer": "a fixed word list of the prompt JSON (steth_builtin/vlm_tokenizer.py), not learnt from data",
+        },
+        "attribution": EFFICIENTAT_ATTRIBUTION if pretrained else None,
+    }
 
 
 def build_steth_llava(build: Mapping):

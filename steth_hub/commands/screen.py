@@ -28,7 +28,10 @@ import click
 @click.option("--include-flagged", is_flag=True,
               help="Patient mode: also count recordings that fail the model's quality checks (clipping...), "
                    "which are otherwise shown but left out of the patient result.")
-def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age, include_flagged):
+@click.option("--explain-text", is_flag=True,
+              help="Vision-language models (--model steth/vlm-asthma): also print the answer the model writes "
+                   "for each recording, parsed to a label, and the prompt's patient facts.")
+def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age, include_flagged, explain_text=False):
     """Screen FILES: P(asthma), the decision at the model's threshold, clips used and warnings.
 
     A file that fails is listed with the reason and the fix; the others are still screened.
@@ -41,17 +44,23 @@ def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age, in
 
     if patient is not None or manifest is not None:
         _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age,
-                         "keep" if include_flagged else "reject")
+                         "keep" if include_flagged else "reject", explain_text)
         return
     if not files:
         raise click.UsageError("give at least one FILE (or --manifest)")
+    vlm = _vlm_prepare(model, [(str(f), f, None) for f in files], sex, age, explain_text) \
+        if (explain_text or _is_vlm(model)) else {}
     results, failures = screen_many(files, model=model, progress=not quiet and not as_json)
     if as_json:
-        click.echo(json.dumps({"results": [r.to_dict() for r in results], "failures": failures,
-                               "disclaimer": DISCLAIMER}, indent=2))
+        rows = [r.to_dict() for r in results]
+        for row in rows:
+            if row["source"] in vlm:
+                row["vlm"] = vlm[row["source"]]
+        click.echo(json.dumps({"results": rows, "failures": failures, "disclaimer": DISCLAIMER}, indent=2))
     else:
         if results:
             _table(results)
+        _vlm_lines(vlm)
         for f in failures:
             click.secho(f"failed: {f['source']}: {f['message']}" + (f" (fix: {f['fix']})" if f.get("fix") else ""),
                         fg="red", err=True)
@@ -85,31 +94,90 @@ def patients_from_options(files, patient, manifest, sex, age) -> list:
     return [PatientEntry(facts, [RecordingInput(str(f)) for f in files])]
 
 
-def _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age, quality="reject") -> None:
+def _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age, quality="reject",
+                     explain_text=False) -> None:
     from steth_hub.patient import screen_patient
     from steth_hub.screening import DISCLAIMER, load_model
 
     entries = patients_from_options(files, patient, manifest, sex, age)
     classifier = load_model(model)
+    vlm = {}
+    if explain_text or _is_vlm(classifier):  # a VLM's prompt carries each patient's facts and the site
+        for e in entries:  # named R1, R2... as in the patient block (file names can carry annotations)
+            vlm.update(_vlm_prepare(classifier, [(f"patient {e.facts.patient_id} R{i}", r.path, r.site)
+                                                 for i, r in enumerate(e.recordings, start=1)],
+                                    e.facts.sex, e.facts.age, explain_text))
     results = [screen_patient(e.recordings, classifier, patient=e.facts, progress=not quiet and not as_json,
                               quality=quality) for e in entries]
     if as_json:
-        click.echo(json.dumps({"patients": [r.to_dict() for r in results], "disclaimer": DISCLAIMER}, indent=2))
+        out = {"patients": [r.to_dict() for r in results], "disclaimer": DISCLAIMER}
+        if vlm:
+            out["vlm"] = vlm
+        click.echo(json.dumps(out, indent=2))
     else:
         for result in results:
-            _patient_block(result)
+            _patient_block(result, facts_in_prompt=_is_vlm(classifier))
+        _vlm_lines(vlm)
         click.echo(_model_line(classifier, next((r for r in results if r.screened), None)))
         click.echo(DISCLAIMER)
     if not any(r.screened for r in results) or (strict and any(r.rejected for r in results)):
         sys.exit(1)
 
 
-def _patient_block(result) -> None:
+def _is_vlm(model) -> bool:
+    """The model reads patient facts in a prompt (a vision-language classifier)."""
+    from steth_hub.screening import load_model
+
+    try:
+        return callable(getattr(load_model(model), "register_recording", None))
+    except Exception:  # noqa: BLE001 - a model that cannot load fails where it is screened, with its own message
+        return False
+
+
+def _vlm_prepare(model, items, sex, age, text: bool = False) -> dict:
+    """For a VLM: register each recording's facts (sex, age, site) for its prompt, and with ``text`` (--explain-text)
+    get the answer it writes. ``items``: ``(name, path, site)``; returns ``{name: {"facts", "omitted", "prompt",
+    "answer"?}}``. A recording that fails here fails again in screening, with its reason and fix."""
+    from steth_hub.screening import load_model
+
+    classifier = load_model(model)
+    if not callable(getattr(classifier, "register_recording", None)):
+        if text:
+            click.secho("--explain-text: this model writes no text (only vision-language models do)", fg="yellow",
+                        err=True)
+        return {}
+    from steth_builtin.vlm_screen import explain_text, register_facts
+
+    out = {}
+    for name, path, site in items:
+        try:
+            entry = register_facts(classifier, path, sex=sex, age=age, site=site)
+            if text:
+                entry["answer"] = explain_text(classifier, path)
+        except Exception:  # noqa: BLE001
+            continue
+        out[name] = entry
+    return out
+
+
+def _vlm_lines(vlm: dict) -> None:
+    from steth_builtin.vlm_screen import describe
+
+    for name, entry in vlm.items():
+        line = f"{name}: {describe(entry)}"
+        if entry.get("answer"):
+            a = entry["answer"]
+            line += f"; the model writes: {a['text']!r} -> {a['label'] or 'no label found'}"
+        click.echo(line)
+
+
+def _patient_block(result, facts_in_prompt: bool = False) -> None:
     """One patient: the recordings (R1..., site, filter, never the file name), the rejected ones, the result."""
     facts = result.patient
     about = ", ".join(x for x in ({"F": "female", "M": "male"}.get(facts.sex or "", ""),
                                   f"{facts.age:g} years" if facts.age is not None else "") if x)
-    click.echo(f"Patient {facts.patient_id}" + (f" ({about}; not model inputs)" if about else ""))
+    note = "in the model's prompt" if facts_in_prompt else "not model inputs"
+    click.echo(f"Patient {facts.patient_id}" + (f" ({about}; {note})" if about else ""))
     rows = [(r.id, r.site or "-", r.filter or "-", f"{r.probability:.3f}",
              "positive" if r.decision else "negative", str(r.n_clips), "yes" if r.drives else "-",
              "; ".join(r.warnings) or "-") for r in result.recordings]
