@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steth_builtin.vlm_prompt import (FACT_FIELDS, PROMPT_FIELDS, PromptFacts, build_prompt, facts_from_row,
-                                      make_facts, parse_answer)
+from steth_builtin.vlm_prompt import (FACT_FIELDS, PROMPT_FIELDS, PromptFacts, build_prompt, describe_site,
+                                      facts_from_row, make_facts, parse_answer)
 from steth_hub.errors import ConfigError, ModelError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -307,3 +307,28 @@ def test_a_real_moondream_checkpoint_is_refused_on_transformers_5_before_its_cod
         VLMClassifier.from_config(config)
     assert "\n" not in str(info.value).strip()
     assert not (folder / "IMPORTED").exists()
+
+
+def test_fitting_clips_get_their_own_patients_facts_from_the_corpus_and_nothing_else(examples_dir, tmp_path):
+    """A corpus of the shipped KAUH examples: every clip is matched to its recording's sex, age and site
+    (held-out clips too: the whole corpus is registered), and the annotation column never reaches a prompt."""
+    from steth_builtin.vlm_model import VLMClassifier
+    from steth_hub.corpus import import_corpus, load_corpus
+    from steth_hub.preprocess import cached_clips
+
+    import_corpus("kauh", examples_dir / "kauh", tmp_path / "corpus", n_folds=2, progress=False)
+    corpus = load_corpus(tmp_path / "corpus")
+    clips, _, _ = cached_clips(corpus, "excerpt-10s", progress=False)
+    rows = corpus.dataset.select_columns(["recording_id", "sex", "age", "site", "annotation"]).to_dict()
+    assert {"E W", "N"} <= set(rows["annotation"])
+    model = VLMClassifier(family="native")
+    held_out = clips.for_patients([clips.patient_ids[0]])
+    assert model.learn_corpus_facts(clips.for_patients(sorted(set(clips.patient_ids))[1:])) == 1.0
+    for i, rid in enumerate(rows["recording_id"]):
+        mine = clips.subset(clips.recording_ids == rid)
+        for entry in model.prompt_report(mine.waveforms):
+            values = json.loads(entry["prompt"])
+            assert values["patient_sex"] == rows["sex"][i] and values["patient_age"] == int(rows["age"][i])
+            assert values["record_point"] == describe_site(rows["site"][i]) and entry["omitted"] == []
+            assert rows["annotation"][i] not in values.values()
+    assert all(not r["omitted"] for r in model.prompt_report(held_out.waveforms))
