@@ -241,11 +241,12 @@ def sample(net, config: dict, conds: Sequence[Conditions], seconds: float, *, se
 # ---------------------------------------------------------------------- training
 def train(waveforms: np.ndarray, sample_rate: int, conds: Sequence[Conditions], out_dir: str | os.PathLike, *,
           name: str = "breath-diffusion", training: dict | None = None, data_facts: dict | None = None,
-          progress: bool | Callable[[str], None] = True, device: str = "cpu") -> dict:
+          progress: bool | Callable[[str], None] = True, device: str = "cpu", unet: dict | None = None) -> dict:
     """Train a ``breath-diffusion`` model on clips (float32 ``[N, S]`` at ``sample_rate``, one
     :class:`Conditions` each) and write it to ``out_dir`` (atomically). Returns the config written.
 
-    Train it only on training patients when its clips feed an evaluation.
+    Train it only on training patients when its clips feed an evaluation. ``unet`` overrides keys of
+    the network's settings (:data:`DEFAULT_UNET`; tests use a narrower one).
     """
     import torch
     from diffusers import DDPMScheduler
@@ -278,7 +279,7 @@ def train(waveforms: np.ndarray, sample_rate: int, conds: Sequence[Conditions], 
     vocab = _vocab()
     codes = torch.from_numpy(encode_conditions(conds, vocab)).to(device)
     null = torch.tensor([len(vocab[k]) for k in ("diagnoses", "sexes", "age_bands")], device=device)
-    unet_config = dict(DEFAULT_UNET, sample_size=[spectral.n_mels, crop])
+    unet_config = dict(DEFAULT_UNET, **(unet or {}), sample_size=[spectral.n_mels, crop])
     net = _build_net(unet_config, vocab).to(device)
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     scheduler = DDPMScheduler(**DEFAULT_SCHEDULER)
@@ -333,6 +334,8 @@ def train(waveforms: np.ndarray, sample_rate: int, conds: Sequence[Conditions], 
                      "device": device, "torch_threads": torch.get_num_threads(),
                      "loss_first_50": round(float(np.mean(losses[:50])), 4),
                      "loss_last_50": round(float(np.mean(losses[-50:])), 4),
+                     "loss_per_tenth": [round(float(np.mean(part)), 4)
+                                        for part in np.array_split(np.asarray(losses), min(10, len(losses)))],
                      **(data_facts or {})},
         "parameters": int(sum(p.numel() for p in net.parameters())),
     }

@@ -22,9 +22,11 @@ prompts such as ``"Breath sample from F-8yo diagnosed with bronchial asthma"``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,6 +48,24 @@ def _device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """No loading bars or deprecation notes from diffusers/transformers/torch on a user's terminal."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
 def load_pipeline(model: str | os.PathLike | None = None, *, device: str | None = None):
     """``StableAudioPipeline`` from a folder or a repo id in the local cache; a clear error otherwise."""
     import torch
@@ -57,7 +77,8 @@ def load_pipeline(model: str | os.PathLike | None = None, *, device: str | None 
     device = _device(device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     try:
-        pipe = StableAudioPipeline.from_pretrained(source, local_files_only=True, torch_dtype=dtype)
+        with _quiet_loading():
+            pipe = StableAudioPipeline.from_pretrained(source, local_files_only=True, dtype=dtype)
     except Exception as exc:  # not cached, not a pipeline folder, damaged files
         where = "folder" if Path(source).expanduser().is_dir() else "Hugging Face cache"
         raise ModelError(
@@ -206,9 +227,11 @@ def finetune(model: str | os.PathLike | None, waveforms: np.ndarray, sample_rate
     device = _device(device)
     torch.manual_seed(int(r["seed"]))
     rng = np.random.default_rng(int(r["seed"]))
-    pipe = StableAudioPipeline.from_pretrained(os.fspath(model) if model else None or __import__(
-        "steth_hub.generation", fromlist=["STABLE_AUDIO_REPO"]).STABLE_AUDIO_REPO, local_files_only=True,
-        torch_dtype=torch.float32).to(device)
+    from steth_hub.generation import STABLE_AUDIO_REPO
+
+    with _quiet_loading():
+        pipe = StableAudioPipeline.from_pretrained(os.fspath(model) if model else STABLE_AUDIO_REPO,
+                                                   local_files_only=True, dtype=torch.float32).to(device)
     for frozen in (pipe.vae, pipe.text_encoder, pipe.projection_model):
         frozen.requires_grad_(False).eval()
     dit = pipe.transformer

@@ -100,7 +100,7 @@ def run_generate(req: GenerateRequest, *, echo: Callable[[str], None] = print, g
 
     limits = getattr(gen, "seconds_range", None)
     if limits is not None:
-        check_seconds(seconds, *limits(), getattr(gen, "plugin_name", "generator"))
+        check_seconds(req.seconds, *limits(), getattr(gen, "plugin_name", "generator"))
 
     from tqdm.auto import tqdm
 
