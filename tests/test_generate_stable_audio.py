@@ -129,3 +129,31 @@ def test_finetuning_trains_the_dit_only_on_real_clips_with_patient_prompts(tiny_
     gen = load_generator(out)
     (clip,) = gen.generate(PROMPT, 1.0, 1, seed=0, steps=2)
     assert clip.sample_rate == 2000 and np.isfinite(clip.samples).all()
+
+
+def test_the_papers_settings_are_kept_verbatim_and_drive_generate(tiny_pipeline, tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "generators"
+    read = {name: yaml.safe_load((folder / f"stable-audio-{name}.yaml").read_text())
+            for name in ("pretrain", "asthma", "healthy", "finetune")}
+    assert read["pretrain"]["paper"] == {"steps": 250, "cfg_scale": [3, 6, 9], "temperature": 1.0, "top_k": 100}
+    assert read["asthma"]["paper"] == {"steps": 200, "cfg_scale": 6.5, "temperature": 0.9, "top_k": 50}
+    assert read["healthy"]["paper"] == {"steps": 200, "cfg_scale": 5.5, "temperature": 0.95, "top_k": 100}
+    assert read["finetune"]["base_model"] == "stabilityai/stable-audio-open-1.0"
+    for name in ("asthma", "healthy"):
+        assert read[name]["sampling"] == {"steps": read[name]["paper"]["steps"],
+                                          "guidance_scale": read[name]["paper"]["cfg_scale"]}
+    mine = tmp_path / "asthma.yaml"
+    mine.write_text(yaml.safe_dump({**read["asthma"], "model": str(tiny_pipeline)}))
+    r = _generate(["--config", str(mine), "--steps", "2", "--diagnosis", "asthma", "--seconds", "1", "--n", "1",
+                   "--quiet", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "generation.json").read_text())["settings"] == {"steps": 2,
+                                                                                      "guidance_scale": 6.5}
+    sweep = tmp_path / "pretrain.yaml"
+    sweep.write_text(yaml.safe_dump({**read["pretrain"], "model": str(tiny_pipeline)}))
+    r = _generate(["--config", str(sweep), "--diagnosis", "asthma", "--quiet", "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "sweeps guidance_scale [3, 6, 9]" in r.output and "--guidance" in r.output

@@ -15,8 +15,8 @@ prompts such as ``"Breath sample from F-8yo diagnosed with bronchial asthma"``.
   parameterisation: v-prediction under the EDM preconditioning of its
   ``CosineDPMSolverMultistepScheduler`` (sigma_data 1: x_t = cos(a) x0 + sin(a) noise), with the
   prompt dropped to the null (all-zero) conditioning 10% of the time, which is what the pipeline's
-  classifier-free guidance expects. Settings: ``configs/stable-audio-finetune.yaml``; the paper's
-  sampling settings: ``configs/stable-audio-*.yaml``. It runs on a GPU where one is lent, and on a
+  classifier-free guidance expects. Settings: ``configs/generators/stable-audio-finetune.yaml``; the paper's
+  sampling settings: ``configs/generators/stable-audio-*.yaml``. It runs on a GPU where one is lent, and on a
   tiny random configuration on a CPU in the tests.
 """
 

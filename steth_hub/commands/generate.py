@@ -20,6 +20,8 @@ import click
 @click.option("--model", default=None,
               help="Generator: steth/breath-diffusion (default, shipped), breath-diffusion, stable-audio, "
                    "a model folder, or a Stable Audio repo id in the local Hugging Face cache.")
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
+              help="Generator config: model and sampler settings (configs/generators/stable-audio-*.yaml: the paper's).")
 @click.option("--steps", default=None, type=int, help="Sampler steps (default: the model's).")
 @click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale (default: the model's).")
 @click.option("--check", is_flag=True, help="Score every clip with a classifier; keep those classified as prompted.")
@@ -29,7 +31,7 @@ import click
               help="P(asthma) threshold for --check (default: the classifier's own decision threshold).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT even if it is a non-empty folder of other files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(prompt, diagnosis, sex, age, seconds, n, seed, out, model, steps, guidance, check, classifier,
+def generate(prompt, diagnosis, sex, age, seconds, n, seed, out, model, config, steps, guidance, check, classifier,
              keep_threshold, overwrite, quiet):
     """Generate N synthetic breath-sound clips and write them to OUT with a JSON sidecar.
 
@@ -40,7 +42,7 @@ def generate(prompt, diagnosis, sex, age, seconds, n, seed, out, model, steps, g
     request = GenerateRequest(prompt=prompt, diagnosis=diagnosis, sex=sex, age=age, seconds=seconds, n=n,
                               seed=seed, out=out, model=model, steps=steps, guidance_scale=guidance, check=check,
                               classifier=classifier, keep_threshold=keep_threshold, overwrite=overwrite,
-                              progress=not quiet)
+                              progress=not quiet, config=config)
     result = run_generate(request, echo=click.echo)
     click.echo(f"wrote {result['kept']} clip(s) to {out}" + (f", {result['rejected']} rejected to {out}/rejected"
                                                               if result['rejected'] else ""))

@@ -34,6 +34,41 @@ class GenerateRequest:
     keep_threshold: float | None = None
     overwrite: bool = False
     progress: bool = True
+    config: str | None = None
+
+
+CONFIG_KEYS = {"generator", "model", "paper", "sampling"}
+
+
+def apply_config(req: GenerateRequest) -> GenerateRequest:
+    """Fill ``model``, ``steps`` and ``guidance_scale`` from a generator config (``configs/generators/*.yaml``)
+    where the command line left them out."""
+    if req.config is None:
+        return req
+    from dataclasses import replace
+
+    from steth_hub.fileio import read_yaml_or_json
+
+    try:
+        data = read_yaml_or_json(req.config, what="generator config")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the generator config: {exc.strerror or exc}", path=req.config,
+                          fix="give --config a file such as configs/generators/stable-audio-asthma.yaml") from None
+    if not isinstance(data, dict) or set(data) - CONFIG_KEYS:
+        extra = sorted(set(data) - CONFIG_KEYS) if isinstance(data, dict) else data
+        raise ConfigError(f"not a generator config (unexpected {extra!r})", path=req.config,
+                          fix=f"use only the keys {', '.join(sorted(CONFIG_KEYS))}")
+    sampling = data.get("sampling") or {}
+    guidance = req.guidance_scale
+    if guidance is None and sampling.get("guidance_scale") is not None:
+        guidance = sampling["guidance_scale"]
+        if isinstance(guidance, (list, tuple)):
+            raise ConfigError(f"the config sweeps guidance_scale {list(guidance)}", path=req.config,
+                              fix=f"pick one with --guidance (one of {', '.join(str(g) for g in guidance)})")
+    steps = req.steps if req.steps is not None else sampling.get("steps")
+    model = req.model if req.model is not None else data.get("model")
+    return replace(req, model=model, steps=None if steps is None else int(steps),
+                   guidance_scale=None if guidance is None else float(guidance))
 
 
 def _conditions_and_prompt(req: GenerateRequest):
@@ -61,6 +96,7 @@ def run_generate(req: GenerateRequest, *, echo: Callable[[str], None] = print, g
     from steth_hub.generation import DEFAULT_GENERATOR, load_generator
     from steth_hub.generation.writer import check_output, clip_file, write_generation
 
+    req = apply_config(req)
     cond, prompt = _conditions_and_prompt(req)
     if isinstance(req.n, bool) or not isinstance(req.n, int) or not 1 <= req.n <= MAX_CLIPS:
         raise ConfigError(f"--n {req.n!r} is not a number of clips between 1 and {MAX_CLIPS}",
