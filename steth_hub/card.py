@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from steth_hub.classifier import read_metadata
+from steth_hub.model_folder import read_metadata
 from steth_hub.errors import ModelError
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md.j2"
@@ -138,7 +138,7 @@ def load_evaluation(evaluation: Mapping | str | os.PathLike | None) -> dict | No
         return None
     if isinstance(evaluation, Mapping):
         return dict(evaluation)
-    from steth_hub.evaluate import load_report
+    from steth_hub.evaluation_report import load_report
 
     report = load_report(evaluation)
     report.setdefault("_source", Path(evaluation).name)
@@ -147,7 +147,7 @@ def load_evaluation(evaluation: Mapping | str | os.PathLike | None) -> dict | No
 
 def _level_rows(levels: Any) -> dict[str, list[dict]]:
     """``{level: [{"metric", "name", "type", "value", "low", "high", "text"}]}`` for the measured metrics."""
-    from steth_hub.evaluate import format_value
+    from steth_hub.evaluation_report import format_value
 
     out: dict[str, list[dict]] = {}
     if not isinstance(levels, Mapping):
@@ -176,7 +176,7 @@ def evaluation_summary(report: Mapping | None) -> dict | None:
     """
     if not report or not isinstance(report.get("model"), Mapping):
         return None
-    from steth_hub.evaluate import format_value, subgroup_rows
+    from steth_hub.evaluation_report import format_value, subgroup_rows
 
     levels = _level_rows(report["model"].get("levels"))
     if not levels:
@@ -215,13 +215,13 @@ def evaluation_summary(report: Mapping | None) -> dict | None:
 
 
 def comparison_markdown(comparison: Any) -> str | None:
-    """A Markdown comparison table: given as text, or built by :func:`steth_hub.evaluate.comparison_table`
+    """A Markdown comparison table: given as text, or built by :func:`steth_hub.evaluation_report.comparison_table`
     from evaluation reports (a list of reports or paths, or ``{name: report}``) at the patient level."""
     if not comparison:
         return None
     if isinstance(comparison, str):
         return comparison.strip()
-    from steth_hub.evaluate import comparison_table
+    from steth_hub.evaluation_report import comparison_table
 
     reports = list(comparison.values()) if isinstance(comparison, Mapping) else list(comparison)
     return comparison_table(reports, level="patient")

@@ -17,33 +17,37 @@ fold's own threshold for the decisions. The MFCC + logistic-regression baseline 
 the same folds, splits and clips, so the report shows the gap to it.
 
 The report (``evaluation.json``) and the out-of-fold predictions (``oof_predictions.csv``)
-are written atomically into ``out_dir``. :func:`format_table` renders the console table,
-:func:`comparison_table` the Markdown comparison of several runs for model cards.
+are written atomically into ``out_dir`` by :mod:`steth_hub.evaluation_report`, which also reads
+reports back and renders their tables (console, Markdown comparison for model cards).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from steth_hub import metrics
 from steth_hub.corpus import splits
+# the split helpers live with the folds (kept importable from here)
+from steth_hub.corpus.splits import (  # noqa: F401
+    patient_sources, recording_info, training_sources, validation_split,
+)
+# the report's files and its tables (kept importable from here)
+from steth_hub.evaluation_report import (  # noqa: F401
+    METRIC_NAMES, OOF_FILE, REPORT_FILE, REPORT_FORMAT, comparison_table, format_table, format_value, load_report,
+    source_warnings, subgroup_rows, write_report,
+)
 from steth_hub.errors import ConfigError, CorpusError
 
-REPORT_FILE = "evaluation.json"
-OOF_FILE = "oof_predictions.csv"
-REPORT_FORMAT = "steth-hub-evaluation/1"
 BASELINE_CLASSIFIER = "mfcc-logreg"
 LEVELS: tuple[str, ...] = ("clip", "recording", "patient")
 #: recipe overrides of a ``--quick`` smoke run (its numbers are not results); a recipe's
@@ -90,23 +94,6 @@ def corpus_folds(corpus) -> dict[str, int]:
         raise CorpusError("the corpus has no patient folds", path=getattr(corpus, "path", None),
                           fix="re-import the corpus (it writes splits.json), or pass --folds K to make folds")
     return {str(p): int(k) for p, k in splits.items()}
-
-
-def validation_split(patients: list[str], labels: Mapping[str, int], fraction: float, seed: int
-                     ) -> tuple[list[str], list[str]]:
-    """Split training patients into (train, validation), stratified by patient label where possible."""
-    from sklearn.model_selection import train_test_split
-
-    patients = sorted(patients)
-    if not 0 < fraction < 1:
-        raise ConfigError(f"validation_fraction must be between 0 and 1, got {fraction}",
-                          fix="set evaluation.validation_fraction to e.g. 0.2")
-    y = [labels[p] for p in patients]
-    n_valid = max(1, int(round(fraction * len(patients))))
-    counts = np.bincount(y, minlength=2)
-    stratify = y if counts.min() >= 2 and n_valid >= 2 and len(patients) - n_valid >= 2 else None
-    train, valid = train_test_split(patients, test_size=n_valid, stratify=stratify, random_state=seed)
-    return sorted(train), sorted(valid)
 
 
 def folds_fingerprint(folds: Mapping[str, int]) -> str:
@@ -258,40 +245,6 @@ def _progress(progress: bool | Progress) -> Progress:
     return lambda msg: None
 
 
-def patient_sources(clips, recording_info: Mapping[str, Mapping] | None = None) -> dict[str, str]:
-    """patient id -> its source (``kauh``, ``icbhi``...): the corpus's ``source`` column where given,
-    else the patient id's prefix (``kauh:EP38``)."""
-    out: dict[str, str] = {}
-    info = recording_info or {}
-    for rid, pid in zip(clips.recording_ids.astype(str), clips.patient_ids.astype(str)):
-        if pid not in out:
-            out[pid] = str((info.get(rid) or {}).get("source") or pid.split(":", 1)[0])
-    return out
-
-
-def training_sources(evaluation: Mapping, sources: Mapping[str, str], *, where: str = "the experiment") -> set | None:
-    """``evaluation.train_sources``, checked against the sources present; None when not set.
-
-    Models are then trained (and their thresholds chosen) on those sources' patients only and
-    scored on every held-out patient: a source without asthma patients then cannot teach a
-    model to recognise the source instead of the disease.
-    """
-    wanted = evaluation.get("train_sources")
-    if wanted in (None, [], ()):
-        return None
-    if isinstance(wanted, str):
-        wanted = [wanted]
-    if not isinstance(wanted, (list, tuple)) or not all(isinstance(w, str) for w in wanted):
-        raise ConfigError(f"evaluation.train_sources must be a list of source names, got {wanted!r}", path=where,
-                          fix="for example: train_sources: [kauh]")
-    present = sorted(set(sources.values()))
-    unknown = sorted(set(wanted) - set(present))
-    if unknown:
-        raise ConfigError(f"evaluation.train_sources names {unknown}, not in this corpus", path=where,
-                          fix=f"use some of: {', '.join(present)}")
-    return set(wanted)
-
-
 def cross_validate_clips(clips, experiment, *, folds: Mapping[str, int] | None = None, n_folds: int | None = None,
                          out_dir: str | os.PathLike, baseline: bool = True, n_bootstrap: int = 2000, seed: int = 0,
                          alpha: float = 0.05, progress: bool | Progress = True, quick: bool = False,
@@ -434,7 +387,7 @@ def cross_validate_clips(clips, experiment, *, folds: Mapping[str, int] | None =
         report["warning"] = "QUICK SMOKE RUN (fewer epochs): these numbers are not an evaluation result"
     report.update(dict(context or {}))
     report["seconds"] = round(time.time() - started, 1)
-    _write(out_dir, report, clips, clip_folds, oof)
+    write_report(out_dir, report, clips, clip_folds, oof)
     say(f"wrote {out_dir / REPORT_FILE} and {out_dir / OOF_FILE}")
     return report
 
@@ -458,34 +411,6 @@ def _gap(model: Mapping, base: Mapping, model_tables: Mapping, base_tables: Mapp
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name).strip("-") or "model"
-
-
-def _write(out_dir: Path, report: dict, clips, clip_folds, oof: Mapping[str, Mapping]) -> None:
-    from steth_hub.fileio import atomic_write_json, atomic_write_text
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["model", "recording_id", "patient_id", "label", "fold", "start", "prob", "threshold"])
-    for name, pred in oof.items():
-        for i in range(len(clips)):
-            writer.writerow([name, clips.recording_ids[i], clips.patient_ids[i], int(clips.labels[i]),
-                             int(clip_folds[i]), f"{clips.starts[i]:.3f}", f"{pred['prob'][i]:.6f}",
-                             f"{pred['threshold'][i]:.6f}"])
-    atomic_write_text(out_dir / OOF_FILE, buf.getvalue())
-    atomic_write_json(out_dir / REPORT_FILE, report)
-
-
-def recording_info(corpus) -> dict[str, dict]:
-    """``{recording_id: {source, diagnosis_normalised}}`` from a loaded corpus (empty without rows)."""
-    dataset = getattr(corpus, "dataset", None)
-    if dataset is None or not hasattr(dataset, "column_names"):
-        return {}
-    wanted = [c for c in ("recording_id", "source", "diagnosis_normalised") if c in dataset.column_names]
-    if "recording_id" not in wanted:
-        return {}
-    table = dataset.select_columns(wanted).to_dict()
-    return {rid: {c: table[c][i] for c in wanted if c != "recording_id"}
-            for i, rid in enumerate(table["recording_id"])}
 
 
 def check_experiment(experiment, *, baseline: bool = True):
@@ -564,154 +489,3 @@ def _skip_dict(skip: Any) -> dict:
     if hasattr(skip, "to_dict"):
         return skip.to_dict()
     return {"reason": str(skip)}
-
-
-# --------------------------------------------------------------------------- tables
-def format_value(entry: Mapping | None, digits: int = 2, signed: bool = False) -> str:
-    """``0.83 [0.71, 0.93]`` (``+0.12 [...]`` with ``signed``); ``n/a`` where the data could not give the metric."""
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    text = f"{entry['value']:{'+' if signed else ''}.{digits}f}"
-    if entry.get("low") is not None and entry.get("high") is not None:
-        text += f" [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
-    return text
-
-
-METRIC_NAMES = {"auroc": "AUROC", "sensitivity": "sensitivity", "specificity": "specificity",
-                "youden_j": "Youden's J", "accuracy": "accuracy"}
-
-
-def subgroup_rows(report: Mapping) -> list[dict]:
-    """Patient-level subgroups of a report (by source, asthma vs normal), model beside baseline.
-
-    ``[{"name", "patients", "asthma", "auroc", "specificity", "baseline_auroc", "baseline_specificity"}]``
-    with the values formatted (``0.60 [0.46, 0.74]``, ``n/a`` where a subgroup has one class).
-    A model that tells the sources apart without hearing asthma scores well pooled and near 0.5
-    within a source: where only one source has asthma patients, its row is the one to read.
-    """
-    model = report.get("model") or {}
-    base = report.get("baseline") or {}
-    groups = model.get("subgroups") or {}
-    rows = []
-    for name, entry in groups.items():
-        if not isinstance(entry, Mapping):
-            continue
-        other = (base.get("subgroups") or {}).get(name) or {}
-        rows.append({"name": name.replace("source=", "source: ").replace("asthma-vs-normal", "asthma vs normal only"),
-                     "patients": entry.get("n_groups", entry.get("n")), "asthma": entry.get("n_pos"),
-                     "auroc": format_value(entry.get("auroc")), "specificity": format_value(entry.get("specificity")),
-                     "baseline_auroc": format_value(other.get("auroc")) if other else None,
-                     "baseline_specificity": format_value(other.get("specificity")) if other else None})
-    return rows
-
-
-def source_warnings(report: Mapping) -> list[str]:
-    """A warning for every source whose patients all have one label (as ICBHI's have no asthma in the
-    shared data): pooled over sources, a model can score by recognising the source instead of the disease."""
-    out = []
-    groups = (report.get("model") or {}).get("subgroups") or {}
-    for name, entry in groups.items():
-        if not str(name).startswith("source=") or not isinstance(entry, Mapping):
-            continue
-        n, pos = entry.get("n_groups", entry.get("n")), entry.get("n_pos")
-        if not isinstance(n, int) or not isinstance(pos, int) or len(groups) < 2:
-            continue
-        if pos in (0, n):
-            label = "asthma" if pos else "not asthma"
-            out.append(f"every patient of source {name.split('=', 1)[1]} ({n}) is {label}: the pooled figures also "
-                       "reward telling the sources apart; read the within-source rows")
-    return out
-
-
-def format_table(report: Mapping) -> str:
-    """The console table: rows level x metric; columns model, baseline and the gap between them."""
-    model, base = report["model"], report.get("baseline")
-    gap = report.get("gap") or {}
-    header = ["level", "metric", model["name"]] + ([base["name"], "gap"] if base else [])
-    rows = []
-    for level in ("patient", "recording", "clip"):
-        for m in metrics.METRICS:
-            row = [level, METRIC_NAMES[m], format_value(model["levels"][level][m])]
-            if base:
-                row.append(format_value(base["levels"][level][m]))
-                level_gap = gap.get(level, {})
-                row.append(format_value(level_gap.get("auroc_paired"), signed=True) if m == "auroc"
-                           else format_value({"value": level_gap.get(m)}, signed=True))
-            rows.append(row)
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    lines = []
-    if report.get("quick"):
-        lines.append("*** " + report.get("warning", "QUICK SMOKE RUN: not an evaluation result") + " ***")
-    counts = report.get("counts", {})
-    pats = counts.get("patients", {})
-    lines.append(f"{report.get('method', 'cross-validation')}: {pats.get('total', '?')} patients "
-                 f"({pats.get('asthma', '?')} asthma), {counts.get('recordings', {}).get('total', '?')} recordings, "
-                 f"{counts.get('clips', {}).get('total', '?')} clips; 95% patient-bootstrap intervals "
-                 f"({report.get('n_bootstrap', '?')} resamples)")
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    groups = subgroup_rows(report)
-    if groups:
-        lines.append("patient-level subgroups (AUROC / specificity"
-                     + (f"; {base['name']} beside" if base else "") + "):")
-        for g in groups:
-            text = f"  {g['name']} ({g['patients']} patients, {g['asthma']} asthma): AUROC {g['auroc']}, " \
-                   f"specificity {g['specificity']}"
-            if g["baseline_auroc"] is not None:
-                text += f" | baseline AUROC {g['baseline_auroc']}, specificity {g['baseline_specificity']}"
-            lines.append(text)
-    lines += [f"warning: {w}" for w in source_warnings(report)]
-    lines.append(f"recommended threshold (pooled out-of-fold recordings): {report.get('recommended_threshold'):.3f}")
-    return "\n".join(lines)
-
-
-def load_report(path: str | os.PathLike) -> dict:
-    """Read an ``evaluation.json``; errors name the file and the fix."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError("evaluation report not found", path=path, fix="pass the evaluation.json that "
-                          "`steth evaluate` wrote") from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the evaluation report ({exc})", path=path,
-                          fix="re-run `steth evaluate` to write it again") from exc
-    if not isinstance(report, dict) or not isinstance(report.get("model"), Mapping):
-        raise ConfigError("not an evaluation report (no 'model' results)", path=path,
-                          fix="pass the evaluation.json that `steth evaluate` wrote")
-    return report
-
-
-def comparison_table(reports: Iterable[Mapping | str | os.PathLike], level: str = "patient") -> str:
-    """Markdown table of several runs at one level (default patient), with intervals.
-
-    One row per run's model, then the MFCC baseline once per distinct (folds, preset) pair:
-    a baseline scored on the same folds and clips in several runs is the same measurement;
-    where runs differ, each baseline row names the run it stood beside. A quick run is
-    marked in its row.
-    """
-    loaded = [load_report(r) if not isinstance(r, Mapping) else r for r in reports]
-    rows: list[tuple[str, Mapping]] = []
-    for report in loaded:
-        suffix = " (QUICK SMOKE RUN)" if report.get("quick") else ""
-        rows.append((str(report["model"]["name"]) + suffix, report["model"]))
-    baselines: dict[tuple, tuple[str, Mapping]] = {}
-    for report in loaded:
-        if report.get("baseline"):
-            key = (str(report.get("protocol", {}).get("folds_fingerprint")),
-                   json.dumps(report.get("experiment", {}).get("preset"), sort_keys=True, default=str))
-            baselines.setdefault(key, (str(report["model"]["name"]), report["baseline"]))
-    for run_name, base in baselines.values():
-        name = "MFCC + logistic regression (baseline)"
-        rows.append((name + (f", beside {run_name}" if len(baselines) > 1 else ""), base))
-    header = ["model"] + [METRIC_NAMES[m] for m in metrics.METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, result in rows:
-        cells = [format_value(result["levels"][level][m]) for m in metrics.METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    methods = sorted({str(r.get("method")) for r in loaded})
-    lines.append("")
-    lines.append(f"{level.capitalize()}-level metrics from {'; '.join(methods)}, with 95% percentile "
-                 f"bootstrap intervals over patients. Thresholds chosen on validation patients only.")
-    return "\n".join(lines)

@@ -88,7 +88,7 @@ def load_experiment(config: str | os.PathLike | dict) -> Experiment:
             data[key] = {}
         if not isinstance(data[key], dict):
             raise ConfigError(f"'{key}' must be a mapping", path=source, fix=f"indent the {key} settings under '{key}:'")
-    from steth_hub.train import check_recipe_values  # light: numbers checked before any command does work
+    from steth_hub.recipe import check_recipe_values  # light: numbers checked before any command does work
 
     check_recipe_values(data["recipe"], source=source)
     name = data.get("name") or (Path(source).stem if source else data["classifier"])
@@ -128,7 +128,7 @@ def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool =
     """
     from steth_hub.preprocess import cached_clips, load_preset
 
-    from steth_hub.train import check_recipe
+    from steth_hub.recipe import check_recipe
 
     experiment = load_experiment(config)
     check_recipe(experiment.recipe, source=experiment.source)
@@ -139,7 +139,7 @@ def train_experiment(config, corpus, out: str | os.PathLike, *, progress: bool =
     preset = load_preset(experiment.preset)
     clips, skipped, _ = cached_clips(corpus, preset, progress=progress)
     if (experiment.evaluation or {}).get("train_sources"):  # the same restriction as its cross-validation
-        from steth_hub.evaluate import patient_sources, recording_info, training_sources
+        from steth_hub.corpus.splits import patient_sources, recording_info, training_sources
 
         sources_of = patient_sources(clips, recording_info(corpus))
         allowed = training_sources(experiment.evaluation, sources_of, where=experiment.source or experiment.name)
@@ -200,7 +200,7 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
         recipe["resume"] = True
     if not progress:
         recipe.setdefault("disable_tqdm", True)
-    from steth_hub.train import check_recipe
+    from steth_hub.recipe import check_recipe
 
     recipe = check_recipe(recipe, source=experiment.source)
 
@@ -208,9 +208,9 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
         valid_fraction = 0.2 if recipe.get("early_stopping_patience") else 0.0
     train_set, valid_set = clips, None
     if valid_fraction > 0:
-        from steth_hub.evaluate import patient_labels, validation_split
+        from steth_hub.corpus.splits import patient_labels, validation_split
 
-        labels = patient_labels(clips)
+        labels = patient_labels(list(clips.patient_ids), list(clips.labels))
         train_p, valid_p = validation_split(sorted(labels), labels, float(valid_fraction), int(recipe["seed"]))
         train_set, valid_set = clips.for_patients(train_p), clips.for_patients(valid_p)
 

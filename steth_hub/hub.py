@@ -1,4 +1,4 @@
-"""Where a model is found by name and published: ``from_pretrained``, ``resolve`` and ``push_to_hub``.
+"""Where a model is found by name: ``from_pretrained`` and ``resolve`` (publishing: :mod:`steth_hub.publish`).
 
 A model is named by a folder or by a Hugging Face Hub repo id:
 
@@ -19,16 +19,12 @@ transformers Audio Spectrogram Transformer checkpoint without ``steth.json`` (an
 with the labels ``not_asthma``/``asthma``) is *adopted* as the ``ast`` plugin with threshold 0.5 and
 steth-hub's default preprocessing preset, with a warning, because nothing says how it was trained.
 
-Publishing stages the model's safe files plus a freshly generated model card (``README.md``, see
-:mod:`steth_hub.card`) in a temporary folder and sends them to the Hub in ONE commit.
-
 Nothing here imports huggingface_hub, transformers or torch at module level.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import logging
 import os
@@ -39,8 +35,14 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from steth_hub.classifier import PICKLE_SUFFIXES, STETH_METADATA, Classifier, check_safetensors_only
+from steth_hub.classifier import Classifier
 from steth_hub.errors import ModelError
+from steth_hub.model_folder import (  # noqa: F401  (SAFE_PATTERNS, CODE_PATTERNS: kept importable from here)
+    CODE_PATTERNS, PICKLE_SUFFIXES, SAFE_PATTERNS, STETH_METADATA, check_model_weights, plugin_distribution,
+    publishable_metadata,
+)
+# publishing lives in steth_hub.publish; kept importable from here
+from steth_hub.publish import push_to_hub, stage_for_upload  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,6 @@ _MODELS_DIR = Path(__file__).resolve().parent / "models"
 EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "efficientat-asthma",
                               "steth/efficientat-asthma-floor": _MODELS_DIR / "efficientat-asthma-floor",
                               "steth/ast-asthma": _MODELS_DIR / "ast-asthma"}
-#: the only files fetched from, or published to, the Hub
-#: (``*.onnx``: the light runtime's export, protobuf data that ONNX Runtime reads without running code)
-SAFE_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.md", "*.txt", "*.yaml", "*.onnx")
-#: code files, fetched only with ``trust_remote_code=True`` and a pinned revision
-CODE_PATTERNS: tuple[str, ...] = ("*.py",)
 #: kept for callers of earlier versions: the built-in plugin that adopts AST checkpoints
 AST_PLUGIN = "ast"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -224,11 +221,7 @@ def _snapshot(repo_id: str, revision: str | None, *, cache_dir, token, local_fil
 def _check_weights(folder: Path, *, repo_id: str | None = None, revision: str | None = None,
                    cache_dir=None) -> None:
     """Refuse pickle weights; a folder (or repo) without any safetensors weights is an error too."""
-    for sub in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
-        check_safetensors_only(sub)
-    if any(folder.rglob("*.safetensors")):
-        return
-    if repo_id is not None:
+    if repo_id is not None and not any(folder.rglob("*.safetensors")):
         pickles = [f for f in _cached_repo_files(repo_id, revision, cache_dir)
                    if Path(f).suffix.lower() in PICKLE_SUFFIXES]
         if pickles:
@@ -237,8 +230,7 @@ def _check_weights(folder: Path, *, repo_id: str | None = None, revision: str | 
                 "to load: pickle can run arbitrary code", path=folder,
                 fix="ask the author to publish model.safetensors, or convert a trusted copy yourself",
             )
-    raise ModelError("no .safetensors weights in the model folder", path=folder,
-                     fix="save the model with save_pretrained (safetensors) or pass the right folder")
+    check_model_weights(folder)
 
 
 def _cached_repo_files(repo_id: str, revision: str | None, cache_dir) -> list[str]:
@@ -363,134 +355,8 @@ def adoption_metadata(folder: str | os.PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- metadata
-def plugin_distribution(plugin: str) -> str | None:
-    """The distribution that registers classifier ``plugin`` here (for ``steth.json``'s ``distribution``)."""
-    from steth_hub.registry import get_registry
-
-    for reg in get_registry().registrations("classifier"):
-        if reg.spec.name == plugin:
-            return reg.distribution
-    return None
-
-
-def publishable_metadata(meta: dict) -> dict:
-    """``steth.json`` as published: with ``distribution``, so a loader without the plugin can say what to install."""
-    meta = dict(meta)
-    if not meta.get("distribution") and meta.get("plugin"):
-        dist = plugin_distribution(meta["plugin"])
-        if dist:
-            meta["distribution"] = dist
-    return meta
 
 
 # --------------------------------------------------------------------------- publishing
-def push_to_hub(model_or_dir: Classifier | str | os.PathLike, repo_id: str, *, token: str | bool | None = None,
-                private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                endpoint: str | None = None, create_pr: bool = False,
-                evaluation: dict | str | os.PathLike | None = None) -> str:
-    """Publish a model to the Hub: weights, configs, ``steth.json`` and a generated card in ONE commit.
 
-    Args:
-        model_or_dir: a :class:`Classifier` (saved to a temporary folder first) or a model folder.
-        repo_id: ``"org/name"``; the repo is created when missing.
-        token: a Hub token with write access (default: the saved login).
-        private: create the repo as private (ignored when it exists).
-        revision: the branch to commit to (default ``main``; it must exist).
-        commit_message: default ``"Upload <plugin> model with steth-hub <version>"``.
-        endpoint: another Hub (a mirror, or a test server).
-        create_pr: open a pull request instead of committing to the branch.
-        evaluation: evaluation JSON (dict or path) for the card; default: ``evaluation.json`` in the
-            folder, else ``steth.json``'s ``evaluation``.
-
-    Returns:
-        The commit URL (the pull request URL with ``create_pr``).
-    """
-    from steth_hub import __version__
-
-    with contextlib.ExitStack() as stack:
-        if isinstance(model_or_dir, Classifier):
-            saved = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="steth-save-"))) / "model"
-            model_or_dir.save_pretrained(saved)
-            source = saved
-        else:
-            source = Path(model_or_dir).expanduser()
-        stage = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="steth-push-")))
-        files, meta = stage_for_upload(source, stage, evaluation=evaluation, repo_id=repo_id)
-        message = commit_message or f"Upload {meta.get('plugin')} model with steth-hub {__version__}"
-        return _commit(stage, files, repo_id, token=token, private=private, revision=revision,
-                       commit_message=message, endpoint=endpoint, create_pr=create_pr)
-
-
-def stage_for_upload(source: Path, stage: Path, *, evaluation=None, repo_id: str | None = None
-                     ) -> tuple[list[str], dict]:
-    """Copy ``source``'s publishable files into ``stage`` with a stamped ``steth.json`` and a new card.
-
-    Returns the relative paths to upload and the metadata. Pickle files anywhere are refused; files
-    that match no safe pattern (scripts, optimizer states...) are left out with a warning.
-    """
-    from steth_hub.card import render_card
-    from steth_hub.classifier import read_metadata
-
-    meta = read_metadata(source)  # a steth-hub model folder, with errors that say what is wrong
-    _check_weights(source)
-    files: list[str] = []
-    skipped: list[str] = []
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source).as_posix()
-        if not path.is_file() or any(part.startswith(".") for part in Path(rel).parts):
-            continue
-        if rel in (STETH_METADATA, "README.md"):
-            continue  # written below
-        if any(fnmatch.fnmatch(path.name, pattern) for pattern in SAFE_PATTERNS):
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, stage / rel)
-            files.append(rel)
-        else:
-            skipped.append(rel)
-    if skipped:
-        warnings.warn(f"not published (only {', '.join(SAFE_PATTERNS)} are): {', '.join(skipped)}",
-                      UserWarning, stacklevel=3)
-    meta = publishable_metadata(meta)
-    (stage / STETH_METADATA).write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n",
-                                        encoding="utf-8")
-    (stage / "README.md").write_text(render_card(stage, evaluation=_evaluation_for(source, evaluation),
-                                                 name=meta.get("name") or (repo_id.split("/")[-1] if repo_id else None),
-                                                 repo_id=repo_id),
-                                     encoding="utf-8")
-    return sorted(files + [STETH_METADATA, "README.md"]), meta
-
-
-def _evaluation_for(source: Path, evaluation):
-    if evaluation is not None:
-        return evaluation
-    candidate = source / "evaluation.json"
-    return candidate if candidate.is_file() else None
-
-
-def _commit(stage: Path, files: list[str], repo_id: str, *, token, private, revision, commit_message,
-            endpoint, create_pr) -> str:
-    from huggingface_hub import CommitOperationAdd, HfApi
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    api = HfApi(endpoint=endpoint, token=token)
-    operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(stage / rel)) for rel in files]
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
-                                 create_pr=create_pr, repo_type="model")
-    except OfflineModeIsEnabled as exc:
-        raise ModelError(f"cannot push to {repo_id!r}: HF_HUB_OFFLINE is set",
-                         fix="unset HF_HUB_OFFLINE (in a new process) to publish") from exc
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        fix = ("pass a token with write access (token= or `hf auth login`)" if status in (401, 403)
-               else "check the repo id, the branch (revision must exist) and your permissions")
-        raise ModelError(f"the Hub refused the upload to {repo_id!r}: {exc}", fix=fix) from exc
-    except (OSError, httpx2.TransportError) as exc:  # connection refused, DNS, timeout
-        raise ModelError(f"cannot reach the Hub to push {repo_id!r}: {exc}",
-                         fix="check the network or the endpoint") from exc
-    url = info.pr_url if create_pr and info.pr_url else info.commit_url
-    log.info("pushed %d files to %s: %s", len(files), repo_id, url)
-    return str(url)
 

@@ -39,11 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from steth_hub.errors import ModelError, StethError
+# what the light runtime reads is defined there; the export writes exactly that
+from steth_hub.runtime import (  # noqa: F401
+    ONNX_FILE, ONNX_KEY, build_frontend, sha256_file, softmax_asthma, weights_digest,
+)
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-ONNX_KEY = "onnx"
 #: opset of the exported graph (onnxruntime >= 1.14 runs it)
 DEFAULT_OPSET = 17
 #: the largest difference in P(asthma) per clip between the torch path and the ONNX path that an export accepts
@@ -61,13 +63,6 @@ def frontend_spec(classifier) -> dict | None:
         raise ModelError(f"{type(classifier).__name__}.onnx_frontend() returned {spec!r}",
                          fix='return {"name": <feature-extractor plugin>, "config": {...}} or None')
     return {"name": spec["name"], "config": json.loads(json.dumps(spec.get("config") or {}))}
-
-
-def build_frontend(spec: dict):
-    """The feature extractor a ``{"name", "config"}`` block names, from the plugin registry."""
-    from steth_hub.registry import get_registry
-
-    return get_registry().get("feature_extractor", spec["name"]).create(**dict(spec.get("config") or {}))
 
 
 def examples_dir() -> Path:
@@ -92,27 +87,6 @@ def reference_waveforms(classifier) -> tuple[np.ndarray, str]:
         raise ModelError("none of the shipped example recordings gives a clip with this model's preset",
                          path=examples_dir(), fix="pass waveforms= (real clips at the model's sample rate)")
     return np.stack(clips).astype(np.float32), f"{len(clips)} clips of the {files} shipped example recordings"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weights_digest(directory: str | os.PathLike) -> dict[str, str]:
-    """SHA-256 of every ``*.safetensors`` file in a model folder."""
-    return {p.name: sha256_file(p) for p in sorted(Path(directory).glob("*.safetensors"))}
-
-
-def softmax_asthma(logits: np.ndarray) -> np.ndarray:
-    """P(asthma) from logits ``[N, 2]``, as ``torch.softmax(logits, -1)[:, 1]`` (float32)."""
-    z = np.asarray(logits, dtype=np.float32)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e[:, 1] / e.sum(axis=-1)).astype(np.float32)
 
 
 def _graph(classifier):
@@ -165,7 +139,7 @@ def export_onnx(classifier, directory: str | os.PathLike, *, waveforms: np.ndarr
     except ImportError as exc:
         raise ModelError(f"exporting to ONNX needs torch and onnxruntime ({exc})",
                          fix="pip install 'steth-hub[train]'") from exc
-    from steth_hub.torch_classifier import feature_cache_disabled
+    from steth_hub.feature_cache import feature_cache_disabled
 
     directory = Path(directory)
     measured_on = "the given clips"

@@ -29,7 +29,7 @@ from typing import Iterable
 
 import pluggy
 
-from steth_hub import hookspecs
+import steth_hub.hookspecs as hookspecs
 from steth_hub.errors import PluginConflictError, PluginError, UnknownPluginError
 from steth_hub.specs import KINDS, SPEC_TYPES, PluginSpec
 

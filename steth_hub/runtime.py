@@ -19,6 +19,7 @@ ONNX Runtime uses ``STETH_ONNX_THREADS`` threads, else ``OMP_NUM_THREADS``, else
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -143,7 +144,6 @@ class OnnxClassifier:
 
     def predict_proba(self, waveforms) -> np.ndarray:
         """P(asthma) per clip for float32 ``[N, S]`` waveforms at ``sample_rate``."""
-        from steth_hub.onnx_export import softmax_asthma
 
         waveforms = np.asarray(waveforms, dtype=np.float32)
         if waveforms.ndim == 1:
@@ -176,7 +176,6 @@ class OnnxClassifier:
 
 def _check_export_matches(directory: Path, onnx_path: Path, block: dict) -> None:
     """Refuse an export whose file or weights changed since it was measured (a stale model.onnx)."""
-    from steth_hub.onnx_export import sha256_file, weights_digest
 
     expected = block.get("weights")
     if isinstance(expected, dict) and expected and weights_digest(directory) != expected:
@@ -189,7 +188,6 @@ def _check_export_matches(directory: Path, onnx_path: Path, block: dict) -> None
 
 def _frontend(block: dict, directory: Path) -> Any:
     from steth_hub.errors import StethError
-    from steth_hub.onnx_export import build_frontend
 
     spec = block.get("frontend")
     if not isinstance(spec, dict) or not spec.get("name"):
@@ -200,3 +198,31 @@ def _frontend(block: dict, directory: Path) -> Any:
     except StethError as exc:
         raise ModelError(f"the ONNX model's front end {spec['name']!r} cannot be built: {exc.message}",
                          path=directory, fix=exc.fix or "install the plugin that provides it") from exc
+
+
+def build_frontend(spec: dict):
+    """The feature extractor a ``{"name", "config"}`` block names, from the plugin registry."""
+    from steth_hub.registry import get_registry
+
+    return get_registry().get("feature_extractor", spec["name"]).create(**dict(spec.get("config") or {}))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(directory: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every ``*.safetensors`` file in a model folder."""
+    return {p.name: sha256_file(p) for p in sorted(Path(directory).glob("*.safetensors"))}
+
+
+def softmax_asthma(logits: np.ndarray) -> np.ndarray:
+    """P(asthma) from logits ``[N, 2]``, as ``torch.softmax(logits, -1)[:, 1]`` (float32)."""
+    z = np.asarray(logits, dtype=np.float32)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e[:, 1] / e.sum(axis=-1)).astype(np.float32)

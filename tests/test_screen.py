@@ -67,7 +67,7 @@ def _real(example_wavs, seconds=None, rate_from=None):
 
 # --------------------------------------------------------------------------- the result
 def test_screen_returns_a_complete_result(tiny_model, example_wavs):
-    from steth_hub import torch_classifier as train
+    from steth_hub import feature_cache as train
 
     model, _ = tiny_model
     cached = len(train._FEATURE_CACHE)

@@ -58,7 +58,8 @@ def evaluate(configs, corpus, out, folds, no_baseline, n_bootstrap, seed, quick,
     missing = [name for name, value in (("--config", configs), ("--corpus", corpus), ("--out", out)) if not value]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use --compare REPORTS...)")
-    from steth_hub.evaluate import REPORT_FILE, check_experiment, cross_validate, format_table
+    from steth_hub.evaluate import check_experiment, cross_validate
+    from steth_hub.evaluation_report import REPORT_FILE, format_table
 
     experiments = [check_experiment(c) for c in configs]  # every config checked before hours of training
     names = [e.name for e in experiments]
@@ -92,7 +93,7 @@ def evaluate(configs, corpus, out, folds, no_baseline, n_bootstrap, seed, quick,
 
 
 def _compare(reports, to, level) -> None:
-    from steth_hub.evaluate import comparison_table
+    from steth_hub.evaluation_report import comparison_table
     from steth_hub.fileio import atomic_write_text
 
     if not reports:

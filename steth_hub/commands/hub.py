@@ -66,7 +66,7 @@ def card(model_dir: Path, evaluation: Path | None, compare: tuple[Path, ...], na
 def push(model_dir: Path, repo_id: str, private: bool, token: str | None, endpoint: str | None,
          revision: str | None, commit_message: str | None, create_pr: bool, evaluation: Path | None) -> None:
     """Publish MODEL_DIR to the Hub as REPO_ID: weights, configs and a generated card in one commit."""
-    from steth_hub.hub import push_to_hub
+    from steth_hub.publish import push_to_hub
 
     url = push_to_hub(model_dir, repo_id, token=token, private=private, revision=revision,
                       commit_message=commit_message, endpoint=endpoint, create_pr=create_pr,

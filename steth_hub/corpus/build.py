@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from steth_hub.corpus import icbhi, kauh, manifest as manifest_importer
+import steth_hub.corpus.icbhi as icbhi
+import steth_hub.corpus.kauh as kauh
+import steth_hub.corpus.manifest as manifest_importer
 from steth_hub.corpus.entries import AUDIO_EXTENSIONS, Entry, Skip
 from steth_hub.corpus.qc import Hygiene, build_report, check_hygiene, decode_entries, format_report
 from steth_hub.corpus.splits import patient_folds, splits_record

@@ -16,9 +16,9 @@ and as the ``fold`` column of the dataset.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from steth_hub.errors import CorpusError
+from steth_hub.errors import ConfigError, CorpusError
 
 METHOD = "StratifiedGroupKFold"
 LABEL_NAMES = {0: "not-asthma", 1: "asthma"}
@@ -104,3 +104,68 @@ def splits_record(folds: dict[str, int], patient_ids: Sequence[str], labels: Seq
                 "recordings": recordings.get(fold, 0)} for fold in range(n_folds)]
     return {"seed": int(seed), "n_folds": int(n_folds), "method": METHOD, "group": "patient_id",
             "stratify": "label", "folds": dict(folds), "summary": summary}
+
+
+def validation_split(patients: list[str], labels: Mapping[str, int], fraction: float, seed: int
+                     ) -> tuple[list[str], list[str]]:
+    """Split training patients into (train, validation), stratified by patient label where possible."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    patients = sorted(patients)
+    if not 0 < fraction < 1:
+        raise ConfigError(f"validation_fraction must be between 0 and 1, got {fraction}",
+                          fix="set evaluation.validation_fraction to e.g. 0.2")
+    y = [labels[p] for p in patients]
+    n_valid = max(1, int(round(fraction * len(patients))))
+    counts = np.bincount(y, minlength=2)
+    stratify = y if counts.min() >= 2 and n_valid >= 2 and len(patients) - n_valid >= 2 else None
+    train, valid = train_test_split(patients, test_size=n_valid, stratify=stratify, random_state=seed)
+    return sorted(train), sorted(valid)
+
+
+def patient_sources(clips, recording_info: Mapping[str, Mapping] | None = None) -> dict[str, str]:
+    """patient id -> its source (``kauh``, ``icbhi``...): the corpus's ``source`` column where given,
+    else the patient id's prefix (``kauh:EP38``)."""
+    out: dict[str, str] = {}
+    info = recording_info or {}
+    for rid, pid in zip(clips.recording_ids.astype(str), clips.patient_ids.astype(str)):
+        if pid not in out:
+            out[pid] = str((info.get(rid) or {}).get("source") or pid.split(":", 1)[0])
+    return out
+
+
+def training_sources(evaluation: Mapping, sources: Mapping[str, str], *, where: str = "the experiment") -> set | None:
+    """``evaluation.train_sources``, checked against the sources present; None when not set.
+
+    Models are then trained (and their thresholds chosen) on those sources' patients only and
+    scored on every held-out patient: a source without asthma patients then cannot teach a
+    model to recognise the source instead of the disease.
+    """
+    wanted = evaluation.get("train_sources")
+    if wanted in (None, [], ()):
+        return None
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    if not isinstance(wanted, (list, tuple)) or not all(isinstance(w, str) for w in wanted):
+        raise ConfigError(f"evaluation.train_sources must be a list of source names, got {wanted!r}", path=where,
+                          fix="for example: train_sources: [kauh]")
+    present = sorted(set(sources.values()))
+    unknown = sorted(set(wanted) - set(present))
+    if unknown:
+        raise ConfigError(f"evaluation.train_sources names {unknown}, not in this corpus", path=where,
+                          fix=f"use some of: {', '.join(present)}")
+    return set(wanted)
+
+
+def recording_info(corpus) -> dict[str, dict]:
+    """``{recording_id: {source, diagnosis_normalised}}`` from a loaded corpus (empty without rows)."""
+    dataset = getattr(corpus, "dataset", None)
+    if dataset is None or not hasattr(dataset, "column_names"):
+        return {}
+    wanted = [c for c in ("recording_id", "source", "diagnosis_normalised") if c in dataset.column_names]
+    if "recording_id" not in wanted:
+        return {}
+    table = dataset.select_columns(wanted).to_dict()
+    return {rid: {c: table[c][i] for c in wanted if c != "recording_id"}
+            for i, rid in enumerate(table["recording_id"])}

@@ -90,7 +90,7 @@ class ClinicData:
 def load_clinic(corpus_dir, experiment: dict, *, valid_fraction: float = 0.2, seed: int = 0) -> ClinicData:
     """The clips of a corpus folder for the experiment's preset; ``valid_fraction`` of its patients held out."""
     from steth_hub.corpus import load_corpus
-    from steth_hub.evaluate import patient_labels, validation_split
+    from steth_hub.corpus.splits import patient_labels, validation_split
     from steth_hub.preprocess import cached_clips, load_preset
 
     path = Path(corpus_dir)
@@ -102,7 +102,7 @@ def load_clinic(corpus_dir, experiment: dict, *, valid_fraction: float = 0.2, se
     if len(clips) == 0:
         raise ConfigError("the clinic's corpus gave no clips for this preset", path=path,
                           fix="check the recordings (steth corpus info) and the experiment's preset")
-    labels = patient_labels(clips)
+    labels = patient_labels(list(clips.patient_ids), list(clips.labels))
     patients = sorted(labels)
     train, valid = clips, None
     if valid_fraction and len(patients) >= 3:
