@@ -1,6 +1,6 @@
 """The light screening runtime against the torch path: cold start, warm throughput, install size.
 
-    .venv/bin/python bench/bench_cold_screen.py [--model M] [--repeat 5] [--files 0] [--threads 1] [--install screen,train] [--out r.json]
+    .venv/bin/python bench/bench_cold_screen.py [--model M] [--repeat 5] [--files 0] [--threads 1] [--install screen,train] [--demo] [--out r.json]
 
 Measured in one run, so the ratios compare like with like on this machine:
 
@@ -13,6 +13,12 @@ Measured in one run, so the ratios compare like with like on this machine:
   shared data, or the shipped examples with a note), both paths in this process with the
   same thread count (``--threads``; ONNX Runtime and torch), each model loaded once beforehand,
   ``--rounds`` passes per path alternated (the best pass counts);
+* **demo** (``--demo``): the demo's screening path cold, a fresh process that builds the page
+  (``steth_hub.demo.build_app``, what the Space runs) and screens one recording through it, as a
+  visitor's first request: light (no map), the torch runtime (``STETH_RUNTIME=torch``, no map),
+  light with the map asked for (what every request did before the map became optional), against
+  building the page alone; then warm, in this process, one request at a time on a page already
+  serving (``--rounds`` x 3 requests per case, alternated, median): screening alone vs with the map;
 * **install** (``--install screen,train``): wall time and size of a fresh venv with
   ``pip install '.[screen]'`` and ``pip install '.[train]'`` (from the package index or pip's
   cache: the time depends on the network and the cache, the size does not).
@@ -78,6 +84,75 @@ def cold(one_file: Path, repeat: int, threads: int | None, model: str | None) ->
     out["ratios"] = {"torch / light wall": round(heavy["wall_s_median"] / light["wall_s_median"], 2),
                      "light / bare python wall": round(light["wall_s_median"] / bare["wall_s_median"], 2),
                      "torch / light peak memory": round(heavy["peak_rss_mb_max"] / light["peak_rss_mb_max"], 2)}
+    return out
+
+
+DEMO_CODE = ("import sys\nfrom steth_hub import demo\napp = demo.build_app()\n"
+             "if sys.argv[1] != '-':\n"
+             "    out = app.steth_screener(sys.argv[1], None, explain=sys.argv[2] == 'map')\n"
+             "    assert 'error' not in out[4], out[4]\n")
+
+
+def demo_cold(one_file: Path, repeat: int, threads: int | None) -> dict:
+    """Cold start of the demo's screening path (``--demo``): build the page, screen one recording."""
+    python = sys.executable
+    base = {k: v for k, v in os.environ.items() if k != "STETH_RUNTIME"}
+    base["GRADIO_ANALYTICS_ENABLED"] = "False"
+    if threads:
+        base["OMP_NUM_THREADS"] = str(threads)
+    cases = {
+        "build the page only": ([python, "-c", DEMO_CODE, "-", ""], base),
+        "demo screen, light (no map)": ([python, "-c", DEMO_CODE, str(one_file), ""], base),
+        "demo screen, torch (no map)": ([python, "-c", DEMO_CODE, str(one_file), ""], dict(base, STETH_RUNTIME="torch")),
+        "demo screen + map, light": ([python, "-c", DEMO_CODE, str(one_file), "map"], base),
+    }
+    for cmd, env in cases.values():  # the file cache, once
+        _run(cmd, env)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for _ in range(repeat):  # interleaved
+        for name, (cmd, env) in cases.items():
+            wall, rss, _ = _run(cmd, env)
+            runs[name].append((wall, rss))
+    out = {}
+    for name, values in runs.items():
+        walls = [w for w, _ in values]
+        out[name] = {"wall_s_median": round(statistics.median(walls), 3), "wall_s_min": round(min(walls), 3),
+                     "peak_rss_mb_max": round(max(r for _, r in values), 1)}
+    page, light = out["build the page only"], out["demo screen, light (no map)"]
+    heavy, mapped = out["demo screen, torch (no map)"], out["demo screen + map, light"]
+    out["screening after the page is built, s"] = {
+        "light": round(light["wall_s_median"] - page["wall_s_median"], 2),
+        "torch": round(heavy["wall_s_median"] - page["wall_s_median"], 2),
+        "light + map": round(mapped["wall_s_median"] - page["wall_s_median"], 2)}
+    out["ratios"] = {"torch / light wall": round(heavy["wall_s_median"] / light["wall_s_median"], 2),
+                     "map / light wall": round(mapped["wall_s_median"] / light["wall_s_median"], 2),
+                     "torch / light peak memory": round(heavy["peak_rss_mb_max"] / light["peak_rss_mb_max"], 2),
+                     "map / light peak memory": round(mapped["peak_rss_mb_max"] / light["peak_rss_mb_max"], 2)}
+    return out
+
+
+def demo_warm(one_file: Path, threads: int | None, rounds: int = 2) -> dict:
+    """Seconds per demo request on a warm page: screening alone, and with the map (median)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["STETH_ONNX_THREADS"] = str(threads)
+    from steth_hub import demo
+
+    screener = demo.Screener(demo.ModelCatalog(), demo.DemoSettings())
+    cases = {"request, light (no map)": False, "request + map": True}
+    for explain in cases.values():  # first-call costs: models, explainer, imports
+        screener(str(one_file), None, explain=explain)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds * 3):
+        for name, explain in cases.items():
+            start = time.perf_counter()
+            out = screener(str(one_file), None, explain=explain)
+            times[name].append(time.perf_counter() - start)
+            assert "error" not in out[4], out[4]
+    out = {name: {"s_median": round(statistics.median(v), 3), "s_min": round(min(v), 3)} for name, v in times.items()}
+    out["map / light"] = round(out["request + map"]["s_median"] / out["request, light (no map)"]["s_median"], 2)
     return out
 
 
@@ -155,6 +230,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="threads for torch and ONNX Runtime (0: their default)")
     parser.add_argument("--rounds", type=int, default=2, help="warm passes per path (alternated; the best counts)")
     parser.add_argument("--install", default="", help="extras to install into fresh venvs, e.g. screen,train")
+    parser.add_argument("--demo", action="store_true", help="also the demo's screening path, cold")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--skip-warm", action="store_true")
     parser.add_argument("--out", default=None)
@@ -171,6 +247,10 @@ def main(argv=None) -> dict:
     if not args.skip_cold:
         report["cold"] = cold(one, args.repeat, threads, args.model)
         report["cold"]["file"] = str(one)
+    if args.demo:
+        report["demo"] = demo_cold(one, args.repeat, threads)
+        report["demo"]["warm"] = demo_warm(one, threads, args.rounds)
+        report["demo"]["file"] = str(one)
     if not args.skip_warm:
         report["warm"] = warm(files, threads, args.model, args.rounds)
     if args.install:
