@@ -193,3 +193,17 @@ def cut(clip: Clip, seconds: float, overlap: float = 50.0) -> list[Clip]:
                  sample_rate=clip.sample_rate, recording_id=clip.recording_id,
                  start=clip.start + s / float(clip.sample_rate), index=k)
             for k, s in enumerate(starts)]
+
+
+def clip_batch(waveforms, *, error=None) -> np.ndarray:
+    """Clips as one float32 ``[N, S]`` array: one clip ``[S]`` becomes ``[1, S]``; any other shape is
+    refused with ``error`` (default :class:`~steth_hub.errors.ModelError`) naming it and the fix."""
+    from steth_hub.errors import ModelError
+
+    x = np.asarray(waveforms, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise (error or ModelError)(f"expected clips as a [N, samples] array (or one clip [samples]), got shape "
+                                    f"{tuple(x.shape)}", fix="stack equal-length clips into a 2-D array")
+    return x

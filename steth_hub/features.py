@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from steth_hub.clips import clip_batch
 from steth_hub.errors import ConfigError, CorpusError
 
 log = logging.getLogger(__name__)
@@ -388,12 +389,7 @@ class NumpyASTFrontEnd:
         """Filter banks ``[N, max_length, num_mel_bins]`` (numpy float32) for clips ``[N, S]``."""
         from steth_hub.audio import resample
 
-        x = np.asarray(waveforms, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None, :]
-        if x.ndim != 2:
-            raise ConfigError(f"expected waveforms [N, S] (or one clip [S]), got shape {tuple(x.shape)}",
-                              fix="stack equal-length clips into one 2-D array")
+        x = clip_batch(waveforms, error=ConfigError)
         rate = self.sample_rate if sample_rate is None else int(sample_rate)
         out = np.zeros((len(x), self.max_length, self.num_mel_bins), dtype=np.float32)
         for i, row in enumerate(x):

@@ -144,13 +144,9 @@ class OnnxClassifier:
 
     def predict_proba(self, waveforms) -> np.ndarray:
         """P(asthma) per clip for float32 ``[N, S]`` waveforms at ``sample_rate``."""
+        from steth_hub.clips import clip_batch
 
-        waveforms = np.asarray(waveforms, dtype=np.float32)
-        if waveforms.ndim == 1:
-            waveforms = waveforms[None, :]
-        if waveforms.ndim != 2:
-            raise ModelError(f"expected clips as a [N, samples] array, got shape {waveforms.shape}",
-                             fix="stack equal-length clips into a 2-D array")
+        waveforms = clip_batch(waveforms)
         out = []
         for start in range(0, len(waveforms), self.predict_batch_size):
             x = self.features(waveforms[start:start + self.predict_batch_size])

@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from steth_hub.classifier import Classifier
-from steth_hub.errors import ModelError
 # the per-clip feature cache (kept importable from here)
 from steth_hub.feature_cache import (  # noqa: F401
     FEATURE_CACHE_LIMIT, cached_features, clear_feature_cache, feature_cache_disabled, featurise_clipset,
@@ -118,12 +117,9 @@ class TorchClassifier(Classifier):
 
     def predict_proba(self, waveforms: np.ndarray) -> np.ndarray:
         """P(asthma) per clip for float32 ``[N, S]`` waveforms at ``sample_rate``."""
-        waveforms = np.asarray(waveforms, dtype=np.float32)
-        if waveforms.ndim == 1:
-            waveforms = waveforms[None, :]
-        if waveforms.ndim != 2:
-            raise ModelError(f"expected clips as a [N, samples] array, got shape {waveforms.shape}",
-                             fix="stack equal-length clips into a 2-D array")
+        from steth_hub.clips import clip_batch
+
+        waveforms = clip_batch(waveforms)
         if len(waveforms) == 0:
             return np.zeros(0, dtype=np.float32)
         out = []
