@@ -330,7 +330,7 @@ def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate
         raise ModelError(f"the preset gives clips at {sorted(rates)} Hz but the model expects {model.sample_rate} Hz",
                          fix="save the model with the preset it was trained with")
     waveforms = np.stack([c.samples for c in clips]).astype(np.float32)
-    from steth_hub.train import feature_cache_disabled
+    from steth_hub.feature_cache import feature_cache_disabled
 
     with feature_cache_disabled():
         probs = np.asarray(model.predict_proba(waveforms), dtype=np.float64)
