@@ -238,7 +238,7 @@ def _draw_pictures(report: Report, result, deciding, classifier) -> None:
         notes.append(f"the deciding recording could not be read again: {getattr(exc, 'message', exc)}")
         return
     try:
-        from steth_hub.demo import spectrogram_image
+        from steth_hub.display import spectrogram_image
 
         report.spectrogram_png = _png(spectrogram_image(recording))
         report.data["pictures"]["spectrogram"] = True
