@@ -52,7 +52,8 @@ _MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: names answered by a folder shipped inside the package (no network, no cache)
 EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "efficientat-asthma",
                               "steth/efficientat-asthma-floor": _MODELS_DIR / "efficientat-asthma-floor",
-                              "steth/ast-asthma": _MODELS_DIR / "ast-asthma"}
+                              "steth/ast-asthma": _MODELS_DIR / "ast-asthma",
+                              "steth/vlm-asthma": _MODELS_DIR / "vlm-asthma"}
 #: kept for callers of earlier versions: the built-in plugin that adopts AST checkpoints
 AST_PLUGIN = "ast"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")

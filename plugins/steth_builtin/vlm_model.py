@@ -407,13 +407,19 @@ class VLMClassifier(TorchClassifier):
         fe = self.front_end()
         return fe.f_min, fe.f_max
 
+    def describe_image(self) -> str:
+        fe = self.front_end()
+        windows = "/".join(f"{w:g}" for w in fe.windows_ms)
+        return (f"three-window log-mel image ({windows} ms windows as RGB channels, {fe.n_mels} mel bands "
+                f"{fe.f_min:g}-{fe.f_max:g} Hz, {fe.hop_ms:g} ms hop, top 80 dB scaled to [0, 1])")
+
     def card_facts(self) -> dict:
         source = self.settings.get("source") or {}
         n_params = int(sum(p.numel() for p in self.net.parameters())) if self.net is not None else None
         facts = {
             "architecture": self.metadata.get("architecture") or f"{type(self.net).__name__} ({self.family} VLM)",
             "parameters": n_params,
-            "front_end": self.input_description + "; prompt JSON fields: " + ", ".join(self.fields),
+            "front_end": self.describe_image() + "; prompt JSON fields: " + ", ".join(self.fields),
             "front_end_rate": self.sample_rate,
             "library": "transformers" + (" + peft (LoRA)" if self.settings.get("finetune") == "lora" else ""),
             "mode": f"{self.family}, finetune {self.settings.get('finetune')}",
