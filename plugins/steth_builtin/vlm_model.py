@@ -318,11 +318,9 @@ class VLMClassifier(TorchClassifier):
         waveforms = np.asarray(waveforms, dtype=np.float32)
         if waveforms.ndim == 1:
             waveforms = waveforms[None]
-        from steth_hub.torch_classifier import feature_cache_disabled
+        from steth_hub.feature_cache import cached_features, feature_cache_disabled
 
         with feature_cache_disabled():
-            from steth_hub.torch_classifier import cached_features
-
             images = cached_features(self, waveforms, self.sample_rate)
         n_new = int(max_new_tokens or self.settings.get("max_new_tokens") or 8)
         out = []
@@ -776,7 +774,7 @@ def _caption_warmup(model: VLMClassifier, train, epochs: int, *, seed: int) -> N
     tokens of the untouched tower): before the ranking loss, so free generation ends in an answer."""
     import torch
 
-    from steth_hub.torch_classifier import cached_features
+    from steth_hub.feature_cache import cached_features
 
     net = model.net
     tokenizer = model.processor
