@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from steth_hub.display import hz_to_mel, mel_centres
+from steth_hub.display import hz_to_mel, log_mel, mel_centres
 from steth_hub.explanation.choosing import ClipMaps
 
 #: the display spectrogram: mel bands, window and hop (ms), and its top frequency
@@ -25,23 +25,17 @@ DISPLAY_MAX_HZ = 8000.0
 def display_spectrogram(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(dB [F, T], centre frequencies [F] Hz, frame times [T] s)`` of the display grid.
 
-    One-window :class:`~steth_hub.features.MultiWindowLogMel` (64 ms Hann, 10 ms hop, 128 Slaney
-    mel bands from 0 Hz to 8 kHz or half the sample rate, 80 dB range): the same code as the
-    DenseNet features, with a window long enough to resolve wheezes below 1 kHz.
+    One window of :func:`steth_hub.display.log_mel` (64 ms Hann, 10 ms hop, 128 Slaney mel bands
+    from 0 Hz to 8 kHz or half the sample rate, 80 dB range): the numbers of the DenseNet
+    features' :class:`~steth_hub.features.MultiWindowLogMel`, in numpy, with a window long enough
+    to resolve wheezes below 1 kHz.
     """
-    import torch
-
-    from steth_hub.features import MultiWindowLogMel
-
-    f_max = min(DISPLAY_MAX_HZ, sample_rate / 2.0)
-    fx = MultiWindowLogMel(sample_rate=int(sample_rate), windows_ms=(DISPLAY_WINDOW_MS,), hop_ms=DISPLAY_HOP_MS,
-                           n_mels=DISPLAY_MELS, f_min=0.0, f_max=f_max, device="cpu")
-    x = np.asarray(samples, dtype=np.float32)
-    if len(x) <= fx.n_fft // 2:  # far shorter than any clip; pad so the picture still draws
-        x = np.pad(x, (0, fx.n_fft // 2 + 1 - len(x)))
-    with torch.no_grad():
-        db = fx(x[None, :], int(sample_rate))[0, 0].cpu().numpy().astype(np.float32)
-    times = np.arange(db.shape[1]) * fx.hop / float(sample_rate)
+    rate = int(sample_rate)
+    f_max = min(DISPLAY_MAX_HZ, rate / 2.0)
+    db = log_mel(samples, rate, target_rate=rate, windows_ms=(DISPLAY_WINDOW_MS,), hop_ms=DISPLAY_HOP_MS,
+                 n_mels=DISPLAY_MELS, f_min=0.0, f_max=f_max)[0]  # short input is padded so a picture draws
+    hop = int(round(DISPLAY_HOP_MS * rate / 1000.0))
+    times = np.arange(db.shape[1]) * hop / float(rate)
     return db, mel_centres(DISPLAY_MELS, 0.0, f_max, "slaney"), times
 
 
