@@ -1,7 +1,7 @@
 """The VLM comparison (issue 17): with and without patient facts, against the default classifier, the MFCC
 baseline and the facts alone, on the same patient-grouped folds.
 
-    .venv/bin/python configs/vlm_table.py [REPORT_DIR] [--seed 0] [--out table.md] [--model-dir MODEL]
+    .venv/bin/python configs/vlm_table.py [REPORT_DIR] [--seed 0 1 2] [--out table.md] [--model-dir MODEL]
 
 Reads ``vlm-asthma`` and ``vlm-asthma-nofacts`` reports (``REPORT_DIR/seedS/<name>/evaluation.json`` as
 configs/reproduce_vlm_asthma.sh writes them, or the kept ``configs/results/vlm/<name>.seedS.report.json``),
@@ -11,7 +11,7 @@ and the MFCC baseline scored beside ``vlm-asthma``; checks that all used the sam
 training patients and scored on its held-out ones, the same folds: what the facts can do without any
 sound. Patient-level AUROC within KAUH and pooled, 95% patient-bootstrap intervals. Numbers come from
 the reports and the corpus only. ``--model-dir`` records the table, the threshold and the evaluation of
-``vlm-asthma`` in that model's ``steth.json`` (what ``steth train --evaluation`` records), for its card.
+``vlm-asthma`` (the first fold seed given) in that model's ``steth.json`` (what ``steth train --evaluation`` records), for its card.
 """
 
 from __future__ import annotations
@@ -96,60 +96,79 @@ def facts_alone(report: dict, columns: tuple[str, ...], seed: int) -> dict:
     return {"kauh": within, "pooled": pooled, "sens": None, "spec": None}
 
 
-def build(folder: Path | None, seed: int) -> tuple[str, dict, dict]:
+LABELS = {"facts": "vlm-asthma (image + sex, age, site)", "image": "vlm-asthma-nofacts (image only)",
+          "default": "efficientat-asthma (the default)", "mfcc": "mfcc-logreg (baseline)",
+          "agesex": "facts alone: age + sex (no sound)", "age": "facts alone: age (no sound)"}
+
+
+def build_seed(folder: Path | None, seed: int) -> tuple[dict, dict]:
+    """``({row key: rows}, the vlm-asthma report)`` for one fold seed, all on the same folds."""
     reports = {name: _report(folder, name, seed)[0] for name in NAMES}
     default, _ = _report(None, "efficientat-asthma", seed)
     fingerprints = {name: r["protocol"]["folds_fingerprint"] for name, r in reports.items()}
     fingerprints["efficientat-asthma"] = default["protocol"]["folds_fingerprint"]
     if len(set(fingerprints.values())) != 1:
-        raise SystemExit(f"the reports used different folds: {fingerprints}")
+        raise SystemExit(f"fold seed {seed}: the reports used different folds: {fingerprints}")
     rows = {
-        "vlm-asthma (image + sex, age, site)": _rows(reports["vlm-asthma"]["model"]),
-        "vlm-asthma-nofacts (image only)": _rows(reports["vlm-asthma-nofacts"]["model"]),
-        "efficientat-asthma (the default)": _rows(default["model"]),
-        "mfcc-logreg (baseline)": _rows(reports["vlm-asthma"]["baseline"]),
-        "facts alone: age + sex (no sound)": facts_alone(reports["vlm-asthma"], ("age", "sex"), seed),
-        "facts alone: age (no sound)": facts_alone(reports["vlm-asthma"], ("age",), seed),
+        "facts": _rows(reports["vlm-asthma"]["model"]),
+        "image": _rows(reports["vlm-asthma-nofacts"]["model"]),
+        "default": _rows(default["model"]),
+        "mfcc": _rows(reports["vlm-asthma"]["baseline"]),
+        "agesex": facts_alone(reports["vlm-asthma"], ("age", "sex"), seed),
+        "age": facts_alone(reports["vlm-asthma"], ("age",), seed),
     }
-    lines = [f"| model (fold seed {seed}, the same 5 patient folds) | AUROC within KAUH | AUROC pooled | sensitivity | "
-             "specificity |", "|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {_fmt(r['kauh'])} | {_fmt(r['pooled'])} | {_fmt(r['sens'])} | {_fmt(r['spec'])} |")
-    return "\n".join(lines), rows, reports["vlm-asthma"]
+    return rows, reports["vlm-asthma"]
 
 
-def reading(rows: dict) -> str:
-    """What the table says about the facts, in words computed from the numbers."""
-    def v(name, col):
-        entry = rows[name][col]
-        return entry["value"] if isinstance(entry, dict) else None
+def _value(rows: dict, key: str, col: str):
+    entry = rows[key][col]
+    return entry["value"] if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float)) else None
 
-    facts_k, image_k = v("vlm-asthma (image + sex, age, site)", "kauh"), v("vlm-asthma-nofacts (image only)", "kauh")
-    facts_p, image_p = v("vlm-asthma (image + sex, age, site)", "pooled"), v("vlm-asthma-nofacts (image only)", "pooled")
-    age_k, age_p = v("facts alone: age (no sound)", "kauh"), v("facts alone: age (no sound)", "pooled")
-    both_k = v("facts alone: age + sex (no sound)", "kauh")
-    parts = [f"Within KAUH the facts move the VLM from {image_k:.2f} (image only) to {facts_k:.2f}; pooled from "
-             f"{image_p:.2f} to {facts_p:.2f}.",
-             f"Age and sex alone, with no sound at all, reach {both_k:.2f} within KAUH and age alone "
-             f"{age_k:.2f} within KAUH / {age_p:.2f} pooled."]
-    if facts_k - image_k > 0.05 and facts_k <= max(both_k, age_k) + 0.05:
-        parts.append("So the facts carry the VLM's gain: its result with facts is about what the facts alone give.")
-    elif facts_k - image_k > 0.05:
-        parts.append("The facts add to the image, and the VLM with facts does better than the facts alone.")
-    else:
-        parts.append("The facts do not carry the result here: the image decides about as well without them.")
+
+def build(folder: Path | None, seeds: list[int]) -> tuple[str, dict, dict]:
+    per_seed = {seed: build_seed(folder, seed) for seed in seeds}
+    lines = ["| model | fold seed | AUROC within KAUH | AUROC pooled | sensitivity | specificity |",
+             "|---|---|---|---|---|---|"]
+    for key, label in LABELS.items():
+        for seed, (rows, _) in per_seed.items():
+            r = rows[key]
+            lines.append(f"| {label} | {seed} | {_fmt(r['kauh'])} | {_fmt(r['pooled'])} | {_fmt(r['sens'])} | "
+                         f"{_fmt(r['spec'])} |")
+    means = {key: {col: float(np.mean([_value(rows, key, col) for rows, _ in per_seed.values()]))
+                   for col in ("kauh", "pooled")} for key in LABELS}
+    lines += ["", f"Mean over fold seeds {', '.join(map(str, seeds))} (within KAUH / pooled):", ""]
+    lines += [f"- {LABELS[key]}: {m['kauh']:.3f} / {m['pooled']:.3f}" for key, m in means.items()]
+    return "\n".join(lines), {seed: rows for seed, (rows, _) in per_seed.items()}, per_seed[seeds[0]][1]
+
+
+def reading(per_seed: dict) -> str:
+    """What the table says about the facts, per fold seed, in words computed from the numbers."""
+    parts = []
+    for seed, rows in per_seed.items():
+        facts, image = _value(rows, "facts", "kauh"), _value(rows, "image", "kauh")
+        alone = max(_value(rows, "agesex", "kauh"), _value(rows, "age", "kauh"))
+        text = f"Fold seed {seed}: within KAUH the VLM scores {image:.2f} on the image only and {facts:.2f} with the facts"
+        if facts - image > 0.05:
+            text += (f" (facts alone {alone:.2f}): the facts add to the image" if facts > alone + 0.05 else
+                     f", about what the facts alone give ({alone:.2f}): the facts carry it")
+        elif image - facts > 0.05:
+            text += (f", close to the facts alone ({alone:.2f}): given the facts it learnt them and lost the image"
+                     if abs(facts - alone) <= 0.05 else ": the facts made it worse")
+        else:
+            text += ": the facts change little"
+        parts.append(text + ".")
     return " ".join(parts)
 
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, nargs="?", help="reproduce script's eval folder (default: kept reports)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="fold seeds (e.g. --seed 0 1 2)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--model-dir", type=Path, help="record table, threshold and evaluation in this model's steth.json")
     args = parser.parse_args(argv)
-    table, rows, report = build(args.folder, args.seed)
-    text = table + "\n\n" + reading(rows)
+    table, per_seed, report = build(args.folder, list(args.seed))
+    text = table + "\n\n" + reading(per_seed)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
@@ -162,7 +181,7 @@ def main(argv=None) -> str:
         meta["evaluation"] = report
         meta.setdefault("training", {})["threshold_from"] = (
             "cross-validation: max Youden's J on the pooled out-of-fold recording probabilities")
-        meta["comparison"] = {"table": table, "note": reading(rows)}
+        meta["comparison"] = {"table": table, "note": reading(per_seed)}
         atomic_write_json(path, meta)
     return text
 
