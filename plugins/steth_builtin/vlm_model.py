@@ -364,6 +364,9 @@ class VLMClassifier(TorchClassifier):
             choose_threshold(self, train, valid, history)
         else:
             if finetune == "lora":
+                import torch
+
+                torch.manual_seed(int(recipe.get("seed", 42)))  # the adapters' initial weights follow the recipe's seed
                 self.net = _with_lora(self.net, self.settings.get("lora") or {}, self.family)
             elif self.settings.get("caption_warmup") and self.family == "steth-llava":
                 _caption_warmup(self, train, int(self.settings["caption_warmup"]), seed=int(recipe.get("seed", 42)))
