@@ -114,3 +114,26 @@ def test_steth_screen_explain_text_with_the_embedded_vlm(examples_dir):
     assert isinstance(answer["text"], str) and answer["label"] in ("asthma", "not_asthma", None)
     text = CliRunner().invoke(main, ["screen", "--model", NAME, "--quiet", str(path)])
     assert text.exit_code == 0 and "left out (not known): patient_sex, patient_age" in text.output
+
+
+def test_embedded_vlm_keeps_its_recorded_probabilities_on_the_examples(examples_dir):
+    """Without patient facts, the shipped VLM gives the probabilities recorded when it was shipped
+    (tests/data/vlm_asthma_expected.json, written by configs/record_expected.py)."""
+    import hashlib
+    from pathlib import Path
+
+    import steth_hub
+    from steth_hub.hub import EMBEDDED
+    from steth_hub.screening import screen_many
+
+    expected = json.loads((Path(__file__).parent / "data" / "vlm_asthma_expected.json").read_text())
+    weights = (EMBEDDED[NAME] / "model.safetensors").read_bytes()
+    assert expected["model_sha256"] == hashlib.sha256(weights).hexdigest(), \
+        "the model changed: regenerate tests/data/vlm_asthma_expected.json (configs/record_expected.py steth/vlm-asthma)"
+    model = steth_hub.from_pretrained(NAME)  # a fresh instance: no facts registered by other tests
+    results, failures = screen_many(sorted(examples_dir.glob("*/*.wav")), model=model, progress=False)
+    assert not failures
+    got = {str(Path(r.source).relative_to(examples_dir)): r.probability for r in results}
+    assert set(got) == set(expected["probabilities"])
+    for name, p in expected["probabilities"].items():
+        assert got[name] == pytest.approx(p, abs=1e-4), name
