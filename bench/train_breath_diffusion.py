@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--continue-from", default=None, help="an earlier run's folder: start from its weights")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="steth/breath-diffusion")
     args = ap.parse_args(argv)
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
                   "n_recordings": len(set(clips.recording_ids.astype(str))),
                   "diagnoses": {d: sum(1 for c in conds if c.diagnosis == d) for d in sorted({c.diagnosis for c in conds if c.diagnosis})}}
     train(clips.waveforms, clips.sample_rate, conds, args.out, name=args.name, training=training,
-          data_facts=data_facts, progress=True)
+          data_facts=data_facts, progress=True, init_from=args.continue_from)
     return 0
 
 

@@ -241,7 +241,8 @@ def sample(net, config: dict, conds: Sequence[Conditions], seconds: float, *, se
 # ---------------------------------------------------------------------- training
 def train(waveforms: np.ndarray, sample_rate: int, conds: Sequence[Conditions], out_dir: str | os.PathLike, *,
           name: str = "breath-diffusion", training: dict | None = None, data_facts: dict | None = None,
-          progress: bool | Callable[[str], None] = True, device: str = "cpu", unet: dict | None = None) -> dict:
+          progress: bool | Callable[[str], None] = True, device: str = "cpu", unet: dict | None = None,
+          init_from: str | os.PathLike | None = None) -> dict:
     """Train a ``breath-diffusion`` model on clips (float32 ``[N, S]`` at ``sample_rate``, one
     :class:`Conditions` each) and write it to ``out_dir`` (atomically). Returns the config written.
 
@@ -281,6 +282,10 @@ def train(waveforms: np.ndarray, sample_rate: int, conds: Sequence[Conditions], 
     null = torch.tensor([len(vocab[k]) for k in ("diagnoses", "sexes", "age_bands")], device=device)
     unet_config = dict(DEFAULT_UNET, **(unet or {}), sample_size=[spectral.n_mels, crop])
     net = _build_net(unet_config, vocab).to(device)
+    if init_from is not None:  # continue from an earlier run's (EMA) weights, same architecture
+        earlier = _read_config(Path(init_from))
+        net.load_state_dict(load_net(init_from, earlier, device).state_dict())
+        unet_config = earlier["unet"]
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     scheduler = DDPMScheduler(**DEFAULT_SCHEDULER)
     opt = torch.optim.AdamW(net.parameters(), lr=float(recipe["learning_rate"]),
@@ -331,6 +336,7 @@ def train(waveforms: np.ndarray, sample_rate: int, conds: Sequence[Conditions], 
         "norm": {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]},
         "scheduler": dict(DEFAULT_SCHEDULER), "sampling": dict(DEFAULT_SAMPLING),
         "training": {**recipe, "n_clips": int(len(data)), "seconds": round(seconds, 1),
+                     "continued_from": None if init_from is None else os.fspath(init_from),
                      "device": device, "torch_threads": torch.get_num_threads(),
                      "loss_first_50": round(float(np.mean(losses[:50])), 4),
                      "loss_last_50": round(float(np.mean(losses[-50:])), 4),
