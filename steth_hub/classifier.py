@@ -20,9 +20,9 @@ from steth_hub.errors import ModelError
 # steth.json and the weight checks live in model_folder; kept importable from here
 from steth_hub.model_folder import (  # noqa: F401
     LABELS, METADATA_SCHEMA, PICKLE_SUFFIXES, STETH_METADATA, check_loading_info, check_safetensors_file,
-    check_safetensors_only, plugin_distribution, read_metadata, validate_metadata, write_metadata,
+    check_safetensors_only, load_classifier, plugin_distribution, read_metadata, self_check, validate_metadata,
+    write_metadata,
 )
-
 
 
 class Classifier(abc.ABC):
@@ -101,8 +101,22 @@ class Classifier(abc.ABC):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "Classifier":
-        """Load a folder written by ``save_pretrained`` (safetensors only)."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None, **kwargs: Any
+                        ) -> "Classifier":
+        """Load a model by name or folder: :func:`steth_hub.hub.from_pretrained` (the one resolver: a
+        folder, an embedded model, a cached Hub repo), checked to be this class when called on a plugin's class."""
+        from steth_hub.hub import from_pretrained
+
+        model = from_pretrained(name_or_path, revision, **kwargs)
+        if cls is not Classifier and not isinstance(model, cls):
+            raise ModelError(f"{os.fspath(name_or_path)} holds a {model.plugin_name!r} model, not {cls.plugin_name!r}",
+                             fix=f"load it with steth_hub.from_pretrained (any plugin), or pick a {cls.plugin_name} model")
+        return model
+
+    @classmethod
+    def from_folder(cls, directory: str | os.PathLike) -> "Classifier":
+        """This class's part of loading a folder written by ``save_pretrained`` (safetensors only);
+        :func:`steth_hub.model_folder.load_classifier` calls it on the class ``steth.json`` names."""
         directory = Path(directory)
         meta = read_metadata(directory)
         check_safetensors_only(directory)
@@ -156,64 +170,3 @@ class Classifier(abc.ABC):
         return f"{type(self).__name__}(plugin={self.plugin_name!r}, threshold={self.threshold:.3f})"
 
 
-def load_classifier(directory: str | os.PathLike) -> Classifier:
-    """Load any saved classifier: ``steth.json`` names the plugin, the registry finds its class."""
-    from steth_hub.errors import StethError, UnknownPluginError
-    from steth_hub.registry import get_registry
-
-    directory = Path(directory)
-    meta = read_metadata(directory)
-    check_safetensors_only(directory)
-    plugin = meta["plugin"]
-    try:
-        spec = get_registry().get("classifier", plugin)
-    except UnknownPluginError as exc:
-        dist = meta.get("distribution")
-        if isinstance(dist, str) and _DISTRIBUTION_NAME.fullmatch(dist):
-            fix = f"pip install {dist}"
-        else:  # never echo an arbitrary string from a downloaded file into a command to run
-            fix = f"install the distribution that provides classifier plugin {plugin!r} (see the model's card)"
-        raise ModelError(f"this model needs classifier plugin {plugin!r}, which is not installed", path=directory,
-                         fix=fix) from exc
-    cls: Any = spec.load()
-    try:
-        model = cls.from_pretrained(directory)
-    except StethError:
-        raise
-    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as exc:  # the weights/config do not fit
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ModelError(f"cannot load the model's weights ({type(exc).__name__}: {first})", path=directory,
-                         fix="the folder is damaged or its weights belong to another configuration: re-download "
-                             "or re-save the model", code="model-weights") from exc
-    self_check(model, directory)
-    return model
-
-
-def self_check(model: "Classifier", directory: str | os.PathLike) -> None:
-    """Score one clip of seeded quiet noise right after loading: a model whose configuration does not
-    fit its weights or front end (a missing plugin block, a wrong rate) fails here, blamed on the model
-    folder, not later on a user's recording."""
-    from steth_hub.errors import StethError
-
-    seconds = float((model.preset or {}).get("clip_seconds") or 5.0)
-    rate = int(model.sample_rate)
-    noise = np.random.default_rng(0).standard_normal((1, max(1, int(round(seconds * rate))))).astype(np.float32)
-    try:
-        p = np.asarray(model.predict_proba(0.01 * noise), dtype=np.float64)
-    except StethError as exc:
-        raise ModelError(f"the model cannot score a {seconds:g} s clip at {rate} Hz: {exc.message}", path=directory,
-                         fix=exc.fix or "re-save the model", code="model-config") from exc
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ModelError(f"the model's configuration is inconsistent: it cannot score a {seconds:g} s clip at "
-                         f"{rate} Hz ({type(exc).__name__}: {first})", path=directory,
-                         fix="the model folder is damaged (steth.json, config or weights do not fit together): "
-                             "re-download or re-save it", code="model-config") from exc
-    if p.shape != (1,) or not np.isfinite(p).all() or not (0.0 <= float(p[0]) <= 1.0):
-        raise ModelError(f"the model returns {p.tolist()!r:.80} for one clip, not one probability in [0, 1]",
-                         path=directory, fix="the weights are damaged (NaN?) or the plugin is broken: re-save the model",
-                         code="model-config")
-
-
-#: a distribution name as PEP 508 allows it (letters, digits, ., _, -; starting and ending alphanumeric)
-_DISTRIBUTION_NAME = __import__("re").compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")

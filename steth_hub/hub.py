@@ -13,7 +13,7 @@ A model is named by a folder or by a Hugging Face Hub repo id:
   how to get it. Only safe files are fetched (JSON, safetensors, text, YAML): pickle weights are never
   downloaded, and a repo whose only weights are pickle files is refused.
 
-The folder then loads through :func:`steth_hub.classifier.load_classifier`: ``steth.json`` names the
+The folder then loads through :func:`steth_hub.model_folder.load_classifier`: ``steth.json`` names the
 classifier plugin and the registry finds its class (never an import path taken from a file). A plain
 transformers Audio Spectrogram Transformer checkpoint without ``steth.json`` (anyone's fine-tuned AST
 with the labels ``not_asthma``/``asthma``) is *adopted* as the ``ast`` plugin with threshold 0.5 and
@@ -33,9 +33,8 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from steth_hub.classifier import Classifier
 from steth_hub.errors import ModelError
 from steth_hub.model_folder import (  # noqa: F401  (SAFE_PATTERNS, CODE_PATTERNS: kept importable from here)
     CODE_PATTERNS, PICKLE_SUFFIXES, SAFE_PATTERNS, STETH_METADATA, check_model_weights, plugin_distribution,
@@ -43,6 +42,9 @@ from steth_hub.model_folder import (  # noqa: F401  (SAFE_PATTERNS, CODE_PATTERN
 )
 # publishing lives in steth_hub.publish; kept importable from here
 from steth_hub.publish import push_to_hub, stage_for_upload  # noqa: F401
+
+if TYPE_CHECKING:
+    from steth_hub.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None, *,
                     cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
                     local_files_only: bool | None = None, endpoint: str | None = None,
-                    trust_remote_code: bool = False) -> Classifier:
+                    trust_remote_code: bool = False) -> "Classifier":
     """Load a classifier from a folder, the embedded default or a Hub repo id.
 
     Args:
@@ -89,7 +91,7 @@ def from_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
             weights, needs a plugin that is not installed (the error names the distribution), or
             asks for remote code without the opt-in.
     """
-    from steth_hub.classifier import load_classifier
+    from steth_hub.model_folder import load_classifier
 
     folder = resolve(name_or_path, revision, cache_dir=cache_dir, token=token,
                      local_files_only=local_files_only, endpoint=endpoint,

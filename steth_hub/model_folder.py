@@ -1,12 +1,14 @@
-"""A saved model folder: the one place that reads and writes ``steth.json`` and checks the weights.
+"""A saved model folder: the one place that reads and writes ``steth.json``, checks the weights and loads it.
 
 Every saved model folder holds ``steth.json`` (the plugin that reads it, the threshold, the
 preprocessing preset, the sample rate, training and evaluation facts) beside safetensors weights.
 :func:`read_metadata` reads and validates it against :data:`METADATA_SCHEMA` (errors name the
 field and the fix), :func:`write_metadata` writes it, :func:`check_safetensors_only` refuses pickle
-files and damaged safetensors before any weight is read. :mod:`steth_hub.classifier` (loading a
-folder), :mod:`steth_hub.hub` (resolving a name to a folder), :mod:`steth_hub.card` and
-:mod:`steth_hub.publish` use these; none of them reads ``steth.json`` by itself.
+files and damaged safetensors before any weight is read, and :func:`load_classifier` loads a folder
+with the classifier plugin ``steth.json`` names (the registry finds its class; never an import path
+taken from a file), then scores one clip of quiet noise (:func:`self_check`). :mod:`steth_hub.hub`
+(resolving a name to a folder), :mod:`steth_hub.card` and :mod:`steth_hub.publish` use these; none of
+them reads ``steth.json`` by itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from steth_hub.errors import ModelError
 
@@ -239,3 +244,66 @@ def check_model_weights(folder: str | os.PathLike) -> None:
     if not any(folder.rglob("*.safetensors")):
         raise ModelError("no .safetensors weights in the model folder", path=folder,
                          fix="save the model with save_pretrained (safetensors) or pass the right folder")
+
+
+def load_classifier(directory: str | os.PathLike):
+    """Load any saved classifier: ``steth.json`` names the plugin, the registry finds its class."""
+    from steth_hub.errors import StethError, UnknownPluginError
+    from steth_hub.registry import get_registry
+
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    check_safetensors_only(directory)
+    plugin = meta["plugin"]
+    try:
+        spec = get_registry().get("classifier", plugin)
+    except UnknownPluginError as exc:
+        dist = meta.get("distribution")
+        if isinstance(dist, str) and _DISTRIBUTION_NAME.fullmatch(dist):
+            fix = f"pip install {dist}"
+        else:  # never echo an arbitrary string from a downloaded file into a command to run
+            fix = f"install the distribution that provides classifier plugin {plugin!r} (see the model's card)"
+        raise ModelError(f"this model needs classifier plugin {plugin!r}, which is not installed", path=directory,
+                         fix=fix) from exc
+    cls: Any = spec.load()
+    try:
+        model = cls.from_folder(directory)
+    except StethError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as exc:  # the weights/config do not fit
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelError(f"cannot load the model's weights ({type(exc).__name__}: {first})", path=directory,
+                         fix="the folder is damaged or its weights belong to another configuration: re-download "
+                             "or re-save the model", code="model-weights") from exc
+    self_check(model, directory)
+    return model
+
+
+def self_check(model, directory: str | os.PathLike) -> None:
+    """Score one clip of seeded quiet noise right after loading: a model whose configuration does not
+    fit its weights or front end (a missing plugin block, a wrong rate) fails here, blamed on the model
+    folder, not later on a user's recording."""
+    from steth_hub.errors import StethError
+
+    seconds = float((model.preset or {}).get("clip_seconds") or 5.0)
+    rate = int(model.sample_rate)
+    noise = np.random.default_rng(0).standard_normal((1, max(1, int(round(seconds * rate))))).astype(np.float32)
+    try:
+        p = np.asarray(model.predict_proba(0.01 * noise), dtype=np.float64)
+    except StethError as exc:
+        raise ModelError(f"the model cannot score a {seconds:g} s clip at {rate} Hz: {exc.message}", path=directory,
+                         fix=exc.fix or "re-save the model", code="model-config") from exc
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelError(f"the model's configuration is inconsistent: it cannot score a {seconds:g} s clip at "
+                         f"{rate} Hz ({type(exc).__name__}: {first})", path=directory,
+                         fix="the model folder is damaged (steth.json, config or weights do not fit together): "
+                             "re-download or re-save it", code="model-config") from exc
+    if p.shape != (1,) or not np.isfinite(p).all() or not (0.0 <= float(p[0]) <= 1.0):
+        raise ModelError(f"the model returns {p.tolist()!r:.80} for one clip, not one probability in [0, 1]",
+                         path=directory, fix="the weights are damaged (NaN?) or the plugin is broken: re-save the model",
+                         code="model-config")
+
+
+#: a distribution name as PEP 508 allows it (letters, digits, ., _, -; starting and ending alphanumeric)
+_DISTRIBUTION_NAME = __import__("re").compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")

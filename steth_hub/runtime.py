@@ -98,14 +98,23 @@ class OnnxClassifier:
         self.front_end_rate = int(rate) if isinstance(rate, (int, float)) and rate > 0 else None
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, check_weights: bool = True) -> "OnnxClassifier":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None, *,
+                        check_weights: bool = True, **kwargs) -> "OnnxClassifier":
+        """The light runtime of a model named as everywhere else (a folder, an embedded model, a cached
+        Hub repo: :func:`steth_hub.hub.resolve`, which imports no torch); see :meth:`from_folder`."""
+        from steth_hub.hub import resolve
+
+        return cls.from_folder(resolve(name_or_path, revision, **kwargs), check_weights=check_weights)
+
+    @classmethod
+    def from_folder(cls, directory: str | os.PathLike, *, check_weights: bool = True) -> "OnnxClassifier":
         """Load a folder with ``model.onnx`` and an ``"onnx"`` block in ``steth.json``.
 
         Raises:
             ModelError: no export, onnxruntime missing, the export was made from other weights
                 (``check_weights``), or its front-end plugin is not installed.
         """
-        from steth_hub.classifier import check_safetensors_only, read_metadata
+        from steth_hub.model_folder import check_safetensors_only, read_metadata
 
         directory = Path(directory)
         meta = read_metadata(directory)
