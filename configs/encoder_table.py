@@ -28,8 +28,12 @@ SEEDS = (0, 1, 2)
 #: how the table names the trials kept under other names
 NAMES = {"fe4k-pre30-lp": "ast-asthma"}
 #: the rows shown (the earlier AST trials in configs/results/ are left out)
-SHOWN = ("efficientat-asthma-floor", "efficientat-asthma", "efficientat-probe", "ast-asthma-distilled", "ast-asthma",
-         "mfcc-logreg", "mfcc-logreg (excerpt-10s-floor)")
+SHOWN = ("efficientat-asthma-robust", "efficientat-asthma-floor", "efficientat-asthma", "efficientat-probe",
+         "ast-asthma-distilled", "ast-asthma", "mfcc-logreg", "mfcc-logreg (excerpt-10s-floor)")
+#: the distilled-AST rule (configs/README.md): its mean over these seeds against the shipped AST's and the teacher's
+DISTILL_SEEDS = (1, 2)
+#: the noisy-copies rule: the robustness bench of its final model, kept beside the reports
+ROBUST_BENCH = "efficientat-asthma-robust.robustness.json"
 
 
 def _fmt(entry) -> str:
@@ -68,6 +72,44 @@ def collect(folders: list[Path]) -> dict[str, dict[int, dict]]:
             name = "mfcc-logreg" if preset in (None, "excerpt-10s") else f"mfcc-logreg ({preset})"
             table.setdefault(name, {})[seed] = _rows(report["baseline"])
     return table
+
+
+def _robust_verdict(table: dict, folders) -> list[str]:
+    """The noisy-copies rule: (a) the robustness bar on its final model, (b) not worse within KAUH."""
+    bench = next((Path(f) / ROBUST_BENCH for f in folders if (Path(f) / ROBUST_BENCH).is_file()), None)
+    if bench is None or "efficientat-asthma-robust" not in table:
+        return []
+    results = json.loads(bench.read_text())["results"]
+    failed = [r["condition"] for r in results if r.get("passes") is False]
+    flips = ", ".join(f"{r['condition']} {100 * r['flip_rate']:.1f}%" for r in results
+                      if r.get("bar_max_flip_rate") is not None)
+    done = sorted(table["efficientat-asthma-robust"])
+    robust = mean_kauh(table["efficientat-asthma-robust"], done)
+    first = mean_kauh(table.get("efficientat-asthma", {}), done)
+    verdict = ("passes the bar" if not failed else f"fails the bar ({', '.join(failed)})")
+    line = (f"Noisy-copies rule (configs/README.md): the final model of `efficientat-asthma-robust` {verdict}; "
+            f"flips: {flips}. Within KAUH over fold seed(s) {', '.join(map(str, done))}: {robust:.3f} against "
+            f"`efficientat-asthma` {first:.3f}. ")
+    line += ("It replaces the default only if it passes the bar and is not worse: "
+             + ("it does." if not failed and robust >= first - NON_INFERIORITY else "the default stays."))
+    return ["", line]
+
+
+def _distill_verdict(table: dict) -> list[str]:
+    """The distilled-AST rule: its mean within KAUH over DISTILL_SEEDS against the shipped AST's and the teacher's."""
+    seeds = list(DISTILL_SEEDS)
+    student = mean_kauh(table.get("ast-asthma-distilled", {}), seeds)
+    shipped = mean_kauh(table.get("ast-asthma", {}), seeds)
+    teacher = mean_kauh(table.get("efficientat-probe", {}), seeds)
+    if student is None or shipped is None or teacher is None:
+        return []
+    line = (f"Distilled-AST rule (configs/README.md): `ast-asthma-distilled` {student:.3f} within KAUH over fold seeds "
+            f"{', '.join(map(str, seeds))}, the shipped `ast-asthma` recipe {shipped:.3f}, the teacher "
+            f"(`efficientat-probe`) {teacher:.3f}: ")
+    line += ("it replaces `steth/ast-asthma`" if student > shipped else "`steth/ast-asthma` stays")
+    line += ("; it does not approach the teacher (more than 0.05 below)." if student < teacher - 0.05
+             else "; it is within 0.05 of the teacher.")
+    return ["", line]
 
 
 def mean_kauh(per_seed: dict[int, dict], seeds: list[int]) -> float | None:
@@ -118,6 +160,7 @@ def main(argv=None) -> str:
                       f"`efficientat-asthma` {first:.3f}: {'not worse (>= ' if ok else 'worse (< '}"
                       f"{first - NON_INFERIORITY:.3f}); it replaces the default only if it also passes the "
                       "robustness bar (bench/README.md)."]
+    lines += _robust_verdict(table, args.folders) + _distill_verdict(table)
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)
