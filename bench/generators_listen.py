@@ -78,18 +78,24 @@ def main(argv=None) -> int:
     vmax = max(float(r[k].max()) for r in rows for k in ("spec_real", "spec_synth"))
     fig, axes = plt.subplots(len(rows), 2, figsize=(9, 1.9 * len(rows)), sharex=True, sharey=True, squeeze=False)
     extent = [0, 5, 0, logmel.config.n_mels]
+    c = logmel.config  # the frequency at the middle of the (HTK) mel axis
+
+    def mel(f):
+        return 2595 * np.log10(1 + f / 700)
+
+    mid_hz = 700 * (10 ** ((mel(c.fmin) + mel(c.fmax)) / 2 / 2595) - 1)
     for r, (left, right) in zip(rows, axes):
         for ax, key, what in ((left, "spec_real", "real"), (right, "spec_synth", "synthetic")):
             ax.imshow(r[key], origin="lower", aspect="auto", extent=extent, vmin=vmin, vmax=vmax, cmap="magma")
             c = r["conditions"]
             ax.set_title(f"{what}: {c['diagnosis']}, {c['sex'] or '?'}, {c['age']:g} y", fontsize=9)
             ax.set_yticks([0, 20, 40])
-            ax.set_yticklabels(["20 Hz", "~560", "2 kHz"], fontsize=7)
+            ax.set_yticklabels(["20 Hz", f"{mid_hz:.0f} Hz", "2 kHz"], fontsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("seconds")
     fig.suptitle(f"Log-mel (40 bands, 20 Hz-2 kHz): real KAUH examples vs {gen.name}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "listening.png", dpi=80)
+    fig.savefig(out / "listening.png", dpi=64)
     for r in rows:
         r.pop("spec_real"), r.pop("spec_synth")
     (out / "listening.json").write_text(json.dumps({"generator": gen.name, "settings": gen.settings(),
