@@ -104,7 +104,7 @@ def test_bad_configs_are_one_line_errors_naming_the_field(config, field):
 
 
 # ---------------------------------------------------------------------------- a tiny native VLM (Llava)
-def _tokenizer(extra_specials=()):
+def _tokenizer(image_token: str | None = None):
     """A byte-level BPE tokenizer trained here on the prompts and answers (no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -115,10 +115,11 @@ def _tokenizer(extra_specials=()):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<unk>", "<s>", "</s>", *extra_specials],
+        vocab_size=300, special_tokens=["<pad>", "<unk>", "<s>", "</s>", *([image_token] if image_token else [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    extra = {"extra_special_tokens": {"image_token": image_token}} if image_token else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
+                                   eos_token="</s>", **extra)
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,7 @@ def tiny_llava(tmp_path_factory) -> Path:
                               LlavaForConditionalGeneration, LlavaProcessor)
 
     folder = tmp_path_factory.mktemp("tiny-llava")
-    tokenizer = _tokenizer(["<image>"])
-    tokenizer.image_token = "<image>"
+    tokenizer = _tokenizer("<image>")
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                        image_size=32, patch_size=8, projection_dim=32),
@@ -332,3 +332,41 @@ def test_fitting_clips_get_their_own_patients_facts_from_the_corpus_and_nothing_
             assert values["record_point"] == describe_site(rows["site"][i]) and entry["omitted"] == []
             assert rows["annotation"][i] not in values.values()
     assert all(not r["omitted"] for r in model.prompt_report(held_out.waveforms))
+
+
+def test_a_paligemma_with_tied_embeddings_scores_fine_tunes_and_reloads(example_clipset, tmp_path):
+    """PaliGemma (Gemma ties its input and output embeddings, as SmolVLM and Qwen2-VL do): the Trainer's
+    safetensors checkpoints refuse shared tensors, so the plugin unties them before training."""
+    import torch
+    from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+                              SiglipImageProcessor, SiglipVisionConfig)
+
+    from steth_builtin.vlm_model import VLMClassifier
+    from steth_hub.classifier import load_classifier
+
+    tokenizer = _tokenizer("<image>")
+    config = PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=GemmaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0,
+                                bos_token_id=2, eos_token_id=3),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), projection_dim=32, hidden_size=32, pad_token_id=0)
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-paligemma"
+    PaliGemmaForConditionalGeneration(config).save_pretrained(folder)
+    PaliGemmaProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16),
+                       tokenizer=tokenizer).save_pretrained(folder)
+    model = VLMClassifier.from_config({"family": "native", "path": str(folder),
+                                       "lora": {"r": 4, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}})
+    clips = example_clipset.subset(np.arange(6))
+    before = model.predict_proba(clips.waveforms)
+    assert ((0 < before) & (before < 1)).all()
+    assert isinstance(model.generate_text(clips.waveforms[:1], max_new_tokens=3)[0]["text"], str)
+    history = model.fit(clips, None, {"num_train_epochs": 1, "per_device_train_batch_size": 3, "learning_rate": 5e-2,
+                                      "gradient_accumulation_steps": 1,
+                                      "save_steps": 1, "warmup_steps": 0, "disable_tqdm": True}, tmp_path / "run")
+    assert history["global_step"] == 2 and list((tmp_path / "run").glob("checkpoint-*/*.safetensors"))
+    after = model.predict_proba(clips.waveforms)
+    model.save_pretrained(tmp_path / "model")
+    np.testing.assert_allclose(load_classifier(tmp_path / "model").predict_proba(clips.waveforms), after, atol=1e-5)

@@ -363,6 +363,7 @@ class VLMClassifier(TorchClassifier):
                        "device": "cpu"}
             choose_threshold(self, train, valid, history)
         else:
+            _untie_embeddings(self.net)
             if finetune == "lora":
                 import torch
 
@@ -549,6 +550,27 @@ def load_pretrained_vlm(family: str, path, *, revision=None, trust_remote_code: 
     return net, processor
 
 
+def _untie_embeddings(net) -> bool:
+    """Give the output layer its own copy of tied input embeddings (SmolVLM, PaliGemma, Qwen2-VL tie them).
+
+    The Trainer loop checkpoints the wrapped network with safetensors, which refuses tensors that share
+    memory. The copy starts equal (LoRA leaves both frozen, so they stay equal); the config then says
+    untied, so save_pretrained writes both and loading reads both."""
+    import torch
+
+    try:
+        inp, out = net.get_input_embeddings(), net.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return False
+    if inp is None or out is None or out.weight.data_ptr() != inp.weight.data_ptr():
+        return False
+    out.weight = torch.nn.Parameter(inp.weight.detach().clone(), requires_grad=inp.weight.requires_grad)
+    for config in (net.config, getattr(net.config, "text_config", None)):
+        if config is not None and hasattr(config, "tie_word_embeddings"):
+            config.tie_word_embeddings = False
+    return True
+
+
 def _with_lora(net, settings: Mapping, family: str):
     """The model with LoRA adapters (peft) on its language model's attention projections."""
     try:
@@ -590,9 +612,7 @@ def _native_text(processor, prompt: str) -> str:
     if getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True)
-    token = getattr(processor, "image_token", None)
-    if type(processor).__name__.startswith("PaliGemma"):
-        token = None  # its processor places the image tokens itself
+    token = getattr(processor, "image_token", None)  # Llava, PaliGemma...: expanded by the processor
     return (token or "") + prompt + "\nAnswer:"
 
 
