@@ -55,10 +55,7 @@ from steth_builtin.vlm_prompt import (DEFAULT_TASK, PROMPT_FIELDS, PromptFacts, 
                                       check_fields, facts_from_row, make_facts, parse_answer)
 from steth_hub.errors import ConfigError, ModelError
 
-try:  # the inference side of torch classifiers (newer layout); steth_hub.train re-exports it
-    from steth_hub.torch_classifier import TorchClassifier
-except ImportError:  # pragma: no cover - older layout
-    from steth_hub.train import TorchClassifier
+from steth_hub.torch_classifier import TorchClassifier
 
 log = logging.getLogger(__name__)
 
