@@ -107,14 +107,27 @@ def test_every_embedded_model_ships_an_export_that_matches_its_weights():
 
     shipped = {name: folder for name, folder in SHIPPED.items() if (folder / "steth.json").is_file()}
     assert AST in shipped and DEFAULT_MODEL in shipped, sorted(shipped)
+    from steth_hub.classifier import Classifier
+    from steth_hub.torch_classifier import TorchClassifier
+
+    exported = set()
     for name, folder in shipped.items():
-        block = json.loads((folder / "steth.json").read_text()).get("onnx")
+        meta = json.loads((folder / "steth.json").read_text())
+        block = meta.get("onnx")
+        cls = get_registry().get("classifier", meta["plugin"]).load()
+        opts_in = getattr(cls, "onnx_frontend", None) not in (None, TorchClassifier.onnx_frontend,
+                                                               getattr(Classifier, "onnx_frontend", None))
+        if not opts_in:  # a plugin without a torch-free front end (the VLM) screens with torch
+            assert block is None, f"{name}: an ONNX block but its plugin {meta['plugin']!r} does not opt in"
+            continue
+        exported.add(name)
         assert block, f"{name} has no ONNX export: run `steth export {name}`"
         assert (folder / block["file"]).is_file()
         assert block["max_abs_diff"] <= block["tolerance"] <= TOLERANCE
         assert block["weights"] == weights_digest(folder), f"{name}: re-export it (steth export {name})"
         spec = get_registry().get("feature_extractor", block["frontend"]["name"])
         assert not {"torch", "transformers"} & set(spec.requires), spec
+    assert {AST, DEFAULT_MODEL} <= exported  # every model whose plugin opts in ships its export
     assert json.loads((EMBEDDED / "steth.json").read_text())["onnx"]["frontend"]["name"] == "ast-fbank-numpy"
 
 
