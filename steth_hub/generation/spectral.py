@@ -80,7 +80,7 @@ class LogMel:
         self.bank = torch.from_numpy(mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.fmin, c.fmax))
         self.window = torch.hann_window(c.n_fft)
 
-    def encode(self, waveforms) -> "torch.Tensor":
+    def encode(self, waveforms):
         """float ``[N, S]`` at the config's rate -> log-mel ``[N, n_mels, frames]``."""
         import torch
 
