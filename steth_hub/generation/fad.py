@@ -73,7 +73,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)
+    if isinstance(covmean, tuple):  # older SciPy returned (sqrtm, error estimate) with disp=False
+        covmean = covmean[0]
     if not np.isfinite(covmean).all():
         eps = np.eye(len(s_a)) * 1e-6
         covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
