@@ -44,7 +44,7 @@ def run(args) -> dict:
         print(f"{prompt!r}: {c['kept']}/{args.n} classified as prompted", flush=True)
     total = sum(r["as_prompted"] for r in rows)
     n = sum(r["n"] for r in rows)
-    report = {"generator": gen.name, "classifier": rows and (args.classifier or "steth/efficientat-asthma"),
+    report = {"generator": gen.name, "classifier": args.classifier or "steth/efficientat-asthma",
               "settings": gen.settings(), "rows": rows, "overall": {"as_prompted": total, "n": n, "share": total / n}}
     atomic_write_json(work / "check.json", report)
     atomic_write_text(work / "check.md", table(report))

@@ -173,6 +173,7 @@ def run_generate(req: GenerateRequest, *, echo: Callable[[str], None] = print, g
         "n": int(req.n),
         "seconds": seconds,
         "model": {"plugin": getattr(gen, "plugin_name", None), "name": gen.name,
+                  "path": str(gen.path) if getattr(gen, "path", None) else None,
                   "default": req.model is None and DEFAULT_GENERATOR},
         "settings": gen.settings(steps=req.steps, guidance_scale=req.guidance_scale),
         "generation_seconds": round(gen_seconds, 2),
