@@ -9,7 +9,10 @@ the number of clips analysed, quality warnings, the three-window log-mel spectro
 and 175 ms windows, stacked, axes in seconds and hertz), on request ("Show where the model
 looked") the explanation map when an explainer for the chosen model is installed, and the
 statement that this is screening support, not a diagnosis. Optional patient facts (sex, age,
-recording site) are shown back and kept in the JSON result; the audio classifiers never see them.
+recording site) are shown back and kept in the JSON result; the audio classifiers never see them. A
+model that reads them (a vision-language classifier such as ``steth/vlm-asthma``, which writes them
+into its prompt) gets them registered for the recording before it is screened, and the page says so:
+the facts that went into the prompt, the ones left out, and the answer the model writes.
 
 Screening runs on the light runtime: a model with an ONNX export is screened by ONNX Runtime
 (:mod:`steth_hub.runtime`) and the spectrogram is drawn with numpy (:mod:`steth_hub.display`),
@@ -65,14 +68,14 @@ from steth_hub.demo.pictures import png_to_array, spectrogram_image  # noqa: E40
 from steth_hub.demo.screener import Analysis, PatientFacts, Screener, _summary  # noqa: E402,F401
 from steth_hub.demo.settings import (DEFAULT_CONCURRENCY, DEFAULT_KEEP_UPLOADS_S, DEFAULT_MAX_BYTES,  # noqa: E402
                                      DEFAULT_MAX_SECONDS, DEFAULT_QUEUE_SIZE, DISCLAIMER, ENV_PREFIX,
-                                     EXAMPLES_DIR, EXPLAIN_LABEL, PATIENT_NOTE, TITLE, DemoSettings,
-                                     settings_from_env)
+                                     EXAMPLES_DIR, EXPLAIN_LABEL, PATIENT_NOTE, PATIENT_NOTE_PROMPT, TITLE,
+                                     DemoSettings, settings_from_env)
 from steth_hub.hub import DEFAULT_MODEL  # noqa: E402  (the embedded model, offered first)
 
 __all__ = [
     "DEFAULT_CONCURRENCY", "DEFAULT_KEEP_UPLOADS_S", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PATIENT_FILES",
     "DEFAULT_MAX_SECONDS", "DEFAULT_MODEL", "DEFAULT_QUEUE_SIZE", "DISCLAIMER", "ENV_PREFIX", "EXAMPLES_DIR",
-    "EXPLAIN_LABEL", "PATIENT_MODE_NOTE", "PATIENT_NOTE", "TITLE", "Analysis", "DemoSettings", "ModelCatalog",
-    "ModelEntry", "PatientFacts", "PatientScreener", "Screener", "build_app", "example_rows", "installed_plugins",
+    "EXPLAIN_LABEL", "PATIENT_MODE_NOTE", "PATIENT_NOTE", "PATIENT_NOTE_PROMPT", "TITLE", "Analysis", "DemoSettings",
+    "ModelCatalog", "ModelEntry", "PatientFacts", "PatientScreener", "Screener", "build_app", "example_rows", "installed_plugins",
     "launch", "png_to_array", "settings_from_env", "spectrogram_image", "startup_lines",
 ]

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from steth_hub.demo.catalog import ModelCatalog, installed_plugins
 from steth_hub.demo.examples import example_rows
 from steth_hub.demo.patient_tab import PatientScreener, _patient_tab
-from steth_hub.demo.screener import Screener
+from steth_hub.demo.screener import Screener, facts_note
 from steth_hub.demo.settings import (DEFAULT_CONCURRENCY, DEFAULT_KEEP_UPLOADS_S, DEFAULT_MAX_BYTES,
                                      DEFAULT_MAX_SECONDS, DEFAULT_QUEUE_SIZE, DISCLAIMER, EXPLAIN_LABEL,
-                                     PATIENT_NOTE, TITLE, DemoSettings)
+                                     TITLE, DemoSettings)
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -56,7 +56,8 @@ def build_app(models: Sequence[Any] | Mapping[str, Any] | None = None, *,
                                      label="Breath sound (record or upload)", elem_id="steth-audio")
                     gr.Markdown(settings.describe(), elem_id="steth-limits")
                     with gr.Accordion("Patient facts (optional)", open=False):
-                        gr.Markdown(PATIENT_NOTE)
+                        # whether the facts are model inputs depends on the model chosen (a VLM reads them)
+                        note = gr.Markdown(facts_note(catalog.uses_facts(catalog.default)), elem_id="steth-facts-note")
                         sex = gr.Dropdown(choices=[("not given", ""), ("female", "F"), ("male", "M")], value="",
                                           label="Sex")
                         age = gr.Number(value=None, minimum=0, maximum=130, label="Age (years)")
@@ -88,6 +89,8 @@ def build_app(models: Sequence[Any] | Mapping[str, Any] | None = None, *,
                 return (summary_, warnings_, spectrogram_,
                         gr.Image(value=explanation_, visible=explanation_ is not None), result_)
 
+            model.change(lambda name: facts_note(catalog.uses_facts(name)), inputs=model, outputs=note,
+                         api_visibility="private")
             inputs = [audio, model, sex, age, site, explain_box]
             outputs = [summary, warnings, spectrogram, explanation, result]
             button.click(screen_recording, inputs=inputs, outputs=outputs, api_name="screen")

@@ -116,6 +116,29 @@ class ModelCatalog:
                     raise ModelError(f"model {name!r} cannot be loaded: {exc.message}", fix=exc.fix) from exc
             return self._loaded[name]
 
+    def uses_facts(self, name: str | None) -> bool:
+        """Whether model ``name`` reads the patient facts (a VLM writes them into its prompt): asked of the
+        loaded model when it is loaded, else of its plugin's class (no weights are loaded, no torch imported).
+        An unavailable model reads nothing."""
+        from steth_hub.classifier import Classifier
+
+        name = name or self.default
+        entry = self.entries.get(name or "")
+        if entry is None or entry.error is not None:
+            return False
+        loaded = self._loaded.get(name)
+        if loaded is not None:
+            return reads_facts(loaded)
+        if isinstance(entry.source, Classifier):
+            return reads_facts(entry.source)
+        try:
+            from steth_hub.registry import get_registry
+
+            return reads_facts(get_registry().get("classifier", entry.plugin).load())
+        except Exception as exc:  # an unknown plugin fails where the model loads, with its own message
+            log.debug("model %s: plugin %s not found: %s", name, entry.plugin, exc)
+            return False
+
     def explainable(self, name: str | None) -> "Classifier":
         """The torch form of model ``name``, which explainers need (loaded the first time it is asked for:
         this is what imports torch). A model screened by the light runtime is reloaded from its folder."""
@@ -143,6 +166,16 @@ def _plugin_of(source: str | os.PathLike) -> str:
     if (folder / STETH_METADATA).is_file():
         return str(read_metadata(folder)["plugin"])
     return AST_PLUGIN  # a plain transformers AST checkpoint is adopted by the ast plugin
+
+
+def reads_facts(model) -> bool:
+    """Whether ``model`` (a loaded classifier or a classifier class) writes the patient facts into its input:
+    a vision-language classifier's prompt (:func:`steth_builtin.vlm_screen.uses_facts`)."""
+    try:
+        from steth_builtin.vlm_screen import uses_facts
+    except ImportError:  # the built-in plugins are not installed: the same test
+        return callable(getattr(model, "register_recording", None))
+    return uses_facts(model)
 
 
 def installed_plugins(kind: str) -> list[str]:

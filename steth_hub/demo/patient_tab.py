@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 from steth_hub.demo.catalog import ModelCatalog
 from steth_hub.demo.pictures import png_to_array
-from steth_hub.demo.screener import PatientFacts, _esc
-from steth_hub.demo.settings import DISCLAIMER, PATIENT_NOTE, DemoSettings, _mib
+from steth_hub.demo.catalog import reads_facts
+from steth_hub.demo.screener import (_PROMPT_LOCK, PatientFacts, _esc, answer_line, facts_label, facts_note,
+                                     prompt_line, register_prompt_facts)
+from steth_hub.demo.settings import DISCLAIMER, DemoSettings, _mib
 from steth_hub.errors import AudioError, StethError
 
 log = logging.getLogger(__name__)
@@ -81,17 +84,54 @@ class PatientScreener:
         model = self.catalog.get(model_name)
         inputs = [RecordingInput(path, site_lines[i] if i < len(site_lines) and site_lines[i] else None)
                   for i, path in enumerate(paths)]
-        result = screen_patient(inputs, model, patient=Facts(pid, facts.sex, facts.age), check=self.check)
-        report = build_report(result, model)
+        in_prompt = reads_facts(model)
+        with _PROMPT_LOCK if in_prompt else contextlib.nullcontext():
+            # a VLM: each recording's prompt gets the patient's sex and age and that recording's site
+            prompts = self._register(model, inputs, facts) if in_prompt else {}
+            result = screen_patient(inputs, model, patient=Facts(pid, facts.sex, facts.age), check=self.check)
+            deciding = prompts.get(result.deciding or "")
+            with model.patient_facts(deciding["facts"]) if deciding else contextlib.nullcontext():
+                report = build_report(result, model)  # the explainer's own images get the deciding recording's
         self._prune()
         folder = Path(self._fresh_folder())
         pdf = write_report(report, folder / "steth-report.pdf")
         fhir = write_report(report, folder / "steth-report.fhir.json")
         record = report.to_dict()
         record["fhir_validated"] = bool(to_fhir(report))  # write_report validated it; kept for the API
+        if isinstance(record.get("patient"), dict):
+            record["patient"]["model_input"] = in_prompt
+        if in_prompt:
+            record["vlm"] = prompts
         spectrogram = png_to_array(report.spectrogram_png) if report.spectrogram_png else None
         explanation = png_to_array(report.explanation_png) if report.explanation_png else None
-        return (_patient_summary(report.data), spectrogram, explanation, str(pdf), str(fhir), record)
+        return (_patient_summary(report.data, prompts if in_prompt else None), spectrogram, explanation, str(pdf),
+                str(fhir), record)
+
+    def _register(self, model, inputs: list, facts: PatientFacts) -> dict:
+        """For a model that reads the facts: register each recording's (the patient's sex and age, the site typed
+        for it, else its KAUH/ICBHI name's site field, as the recordings table shows it) and get the model's own
+        words. ``{"R1": {"facts", "omitted", "prompt", "in_prompt", "answer"}, ...}``; a recording outside the
+        page's limits or unreadable is skipped here and rejected by the screening with its reason."""
+        from steth_builtin.vlm_screen import explain_text
+
+        from steth_hub.patient import name_facts
+
+        out = {}
+        for i, item in enumerate(inputs, start=1):
+            try:
+                self.check(item.path)  # the limits first: nothing above them is decoded
+                entry = register_prompt_facts(model, item.path, sex=facts.sex, age=facts.age,
+                                              site=item.site or name_facts(item.path).get("site"))
+            except StethError as exc:
+                log.debug("demo: R%d not registered (%s); screening rejects it", i, exc.code)
+                continue
+            try:
+                entry["answer"] = explain_text(model, item.path)
+            except Exception as exc:  # an extra: the result stands without the model's words
+                log.warning("demo: the model's text for R%d failed: %s", i, exc)
+                entry["answer"] = None
+            out[f"R{i}"] = entry
+        return out
 
     def _fresh_folder(self) -> str:
         import tempfile
@@ -127,8 +167,11 @@ def _ci_text(entry: Mapping | None) -> str:
     return _ci(entry)
 
 
-def _patient_summary(data: Mapping) -> str:
-    """The patient's result as Markdown: the decision, one row per recording, the rejected ones, the model."""
+def _patient_summary(data: Mapping, prompts: Mapping | None = None) -> str:
+    """The patient's result as Markdown: the decision, one row per recording, the rejected ones, the model.
+
+    ``prompts`` (a model that reads the facts: the registered prompt of each screened recording) adds what
+    went into each recording's prompt and the model's own words."""
     from steth_hub.explanation import decision_numbers
 
     res, facts = data["result"], data["patient"]
@@ -138,7 +181,7 @@ def _patient_summary(data: Mapping) -> str:
                 f"{'positive' if res['decision'] else 'negative'}" if res["probability"] is not None
                 else "no result"), "",
              f"{_esc(res['statement'])}", "",
-             f"- **Patient facts (not model inputs):** {_esc(about)}",
+             f"- **{facts_label(prompts is not None)}:** {_esc(about)}",
              f"- **Rule:** {_esc(res['aggregation'])}"]
     if res["drivers"]:
         lines.append(f"- **Driven by:** {', '.join(res['drivers'])} (pictures below: {res['deciding_recording']})")
@@ -150,6 +193,16 @@ def _patient_summary(data: Mapping) -> str:
     for r in data["rejected"]:
         lines.append(f"| {r['id']} | {_esc(r['site'] or '-')} | {_esc(r['filter'] or '-')} | - | **rejected** | - | - | "
                      f"{_esc(r['message'] + ('; fix: ' + r['fix'] if r.get('fix') else ''))} |")
+    screened = {r["id"] for r in data["recordings"]}
+    if prompts:
+        lines.append("")  # the list starts after the table
+    for rid, entry in (prompts or {}).items():
+        if rid not in screened:  # rejected recordings were registered but never counted
+            continue
+        line = f"- **{rid}, in the model's prompt:** {_esc(prompt_line(entry))}"
+        if entry.get("answer"):
+            line += f"; **the model writes:** {_esc(answer_line(entry['answer']))}"
+        lines.append(line)
     perf = data["performance"]
     if perf.get("available"):
         pooled = perf["pooled"]
@@ -177,7 +230,7 @@ def _patient_tab(gr: Any, screener: PatientScreener, catalog: ModelCatalog) -> N
                                            "names when empty")
             patient_id = gr.Textbox(value="", max_lines=1, max_length=40, label="Patient ID (optional)")
             with gr.Accordion("Patient facts (optional)", open=False):
-                gr.Markdown(PATIENT_NOTE)
+                note = gr.Markdown(facts_note(catalog.uses_facts(catalog.default)), elem_id="steth-patient-facts-note")
                 sex = gr.Dropdown(choices=[("not given", ""), ("female", "F"), ("male", "M")], value="", label="Sex")
                 age = gr.Number(value=None, minimum=0, maximum=130, label="Age (years)")
             model = gr.Dropdown(choices=catalog.choices(), value=catalog.default, label="Model",
@@ -203,6 +256,8 @@ def _patient_tab(gr: Any, screener: PatientScreener, catalog: ModelCatalog) -> N
         return (summary_, spectrogram_, gr.Image(value=explanation_, visible=explanation_ is not None), pdf_, fhir_,
                 record_)
 
+    model.change(lambda name: facts_note(catalog.uses_facts(name)), inputs=model, outputs=note,
+                 api_visibility="private")
     button.click(screen_patient_files, inputs=[files, sites, patient_id, sex, age, model],
                  outputs=[summary, spectrogram, explanation, report_pdf, report_fhir, record],
                  api_name="screen_patient")

@@ -29,6 +29,11 @@ DISCLAIMER = ("**Screening support, not a diagnosis.** The result says whether t
 EXPLAIN_LABEL = "Show where the model looked (the explanation map: slower, loads the explainer)"
 PATIENT_NOTE = ("Optional. Shown with the result and saved in the JSON; **not** used by the model, "
                 "which hears only the audio.")
+#: the note for a model that reads the facts (a vision-language classifier: they are written into its prompt)
+PATIENT_NOTE_PROMPT = ("Optional. **This model reads them:** sex, age and the recording site are written into its "
+                       "prompt next to the spectrogram, so they are part of its input and can change its result; "
+                       "a fact not given is left out, never guessed. The result says which went in, and the JSON "
+                       "keeps them.")
 
 
 @dataclass(frozen=True)
