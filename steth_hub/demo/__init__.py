@@ -65,7 +65,7 @@ from steth_hub.demo.catalog import ModelCatalog, ModelEntry, installed_plugins  
 from steth_hub.demo.examples import example_rows  # noqa: E402
 from steth_hub.demo.patient_tab import DEFAULT_MAX_PATIENT_FILES, PATIENT_MODE_NOTE, PatientScreener  # noqa: E402
 from steth_hub.demo.pictures import png_to_array, spectrogram_image  # noqa: E402
-from steth_hub.demo.screener import Analysis, PatientFacts, Screener, _summary  # noqa: E402,F401
+from steth_hub.demo.screener import Analysis, PatientFacts, Screener, _summary, facts_note  # noqa: E402,F401
 from steth_hub.demo.settings import (DEFAULT_CONCURRENCY, DEFAULT_KEEP_UPLOADS_S, DEFAULT_MAX_BYTES,  # noqa: E402
                                      DEFAULT_MAX_SECONDS, DEFAULT_QUEUE_SIZE, DISCLAIMER, ENV_PREFIX,
                                      EXAMPLES_DIR, EXPLAIN_LABEL, PATIENT_NOTE, PATIENT_NOTE_PROMPT, TITLE,
@@ -76,6 +76,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY", "DEFAULT_KEEP_UPLOADS_S", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PATIENT_FILES",
     "DEFAULT_MAX_SECONDS", "DEFAULT_MODEL", "DEFAULT_QUEUE_SIZE", "DISCLAIMER", "ENV_PREFIX", "EXAMPLES_DIR",
     "EXPLAIN_LABEL", "PATIENT_MODE_NOTE", "PATIENT_NOTE", "PATIENT_NOTE_PROMPT", "TITLE", "Analysis", "DemoSettings",
-    "ModelCatalog", "ModelEntry", "PatientFacts", "PatientScreener", "Screener", "build_app", "example_rows", "installed_plugins",
+    "ModelCatalog", "ModelEntry", "PatientFacts", "PatientScreener", "Screener", "build_app", "example_rows", "facts_note",
+    "installed_plugins",
     "launch", "png_to_array", "settings_from_env", "spectrogram_image", "startup_lines",
 ]
