@@ -19,7 +19,7 @@ For each of the corpus's patient folds (``splits.json``, the folds every `steth 
 
 Out-of-fold probabilities are pooled and scored per patient (mean of recordings, mean of clips),
 with 95 % patient-bootstrap intervals, pooled and within KAUH. Writes ``WORK/augment.json`` and
-``WORK/augment.md``. Generators are kept in ``WORK/generators/fold-K`` (reused on a re-run).
+``WORK/augment.md`` (``augment-<name>.*`` for ``--config``, e.g. ``configs/efficientat-probe.yaml``). Generators are kept in ``WORK/generators/fold-K`` (reused on a re-run).
 """
 
 from __future__ import annotations
@@ -111,6 +111,12 @@ def run(args) -> dict:
         train_fold_generators(clips, conds, folds, work, args.steps, args.seed, args.batch_size)
     if args.phase == "generators":
         return {}
+    model_config, recipe, name = {}, {}, args.classifier
+    if args.config:  # an experiment config (configs/efficientat-probe.yaml): its classifier, model and recipe
+        from steth_hub.experiment import load_experiment
+
+        exp = load_experiment(args.config)
+        args.classifier, model_config, recipe, name = exp.classifier, dict(exp.model), dict(exp.recipe), exp.name
     cls = get_registry().get("classifier", args.classifier).load()
     fold_ids = sorted({folds[p] for p in set(clips.patient_ids.astype(str))})
     oof = {r: np.full(len(clips), np.nan) for r in RATIOS}
@@ -137,8 +143,8 @@ def run(args) -> dict:
         for r in RATIOS:
             m = int(round(r * n_asthma))
             fit_set = ClipSet.concatenate([train, synth.subset(np.arange(m))]) if m else train
-            model = cls.from_config({})
-            model.fit(fit_set, valid, {}, None)
+            model = cls.from_config(dict(model_config))
+            model.fit(fit_set, valid, dict(recipe), work / "fits" / name / f"fold-{k}-{r:g}")
             t = metrics.recording_threshold(valid.labels, model.predict_proba(valid.waveforms), valid.recording_ids)
             oof[r][scored] = model.predict_proba(test.waveforms)
             thr[r][scored] = t
@@ -160,14 +166,15 @@ def run(args) -> dict:
             res[name] = {"auroc": ci["auroc"], "sensitivity": ci["sensitivity"], "specificity": ci["specificity"],
                          "n_patients": ci["n_groups"], "n_asthma": ci["n_pos"]}
         results[f"{r:g}"] = res
-    report = {"classifier": args.classifier, "generator": "breath-diffusion (one per fold, training patients only)",
+    report = {"classifier": name, "config": args.config, "generator": "breath-diffusion (one per fold, training patients only)",
               "generator_steps": args.steps, "ratios": list(RATIOS), "folds": "corpus splits.json",
               "per_fold": per_fold, "results": results, "bootstrap": args.bootstrap,
               "synthetic_scored": synthetic_scored}
     from steth_hub.fileio import atomic_write_json, atomic_write_text
 
-    atomic_write_json(work / "augment.json", report)
-    atomic_write_text(work / "augment.md", table(report))
+    stem = "augment" if name == "mfcc-logreg" else f"augment-{name}"
+    atomic_write_json(work / f"{stem}.json", report)
+    atomic_write_text(work / f"{stem}.md", table(report))
     print(table(report))
     return report
 
@@ -195,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--work", default="runs/generators-augment")
     ap.add_argument("--classifier", default="mfcc-logreg")
+    ap.add_argument("--config", default=None,
+                    help="experiment config of the classifier instead (e.g. configs/efficientat-probe.yaml)")
     ap.add_argument("--steps", type=int, default=250, help="training steps of each fold's generator")
     ap.add_argument("--batch-size", type=int, default=16, help="training batch of each fold's generator")
     ap.add_argument("--seed", type=int, default=0)
