@@ -40,6 +40,7 @@ class-weighted cross-entropy trains the model to rank the right answer first.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -74,9 +75,25 @@ VLM_FILE = "vlm.json"
 #: transformers versions Moondream2's remote code is known to work with
 MOONDREAM_TRANSFORMERS = "<5"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+class _Recent(collections.OrderedDict):
+    """A dict that keeps its ``limit`` most recently set entries: a long-running server (the demo)
+    registers facts and images for every recording it screens, and must not grow without end."""
+
+    def __init__(self, limit: int = 500_000):
+        super().__init__()
+        self.limit = int(limit)
+
+    def __setitem__(self, key, value) -> None:
+        if key in self:
+            self.move_to_end(key)
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 #: (image settings, sha1 of an image row) -> sha1 of the clip it was made from; filled when clips are
 #: featurised (also when the feature cache answers later), read in logits() to find the clip's facts
-_IMAGE_CLIPS: dict = {}
+_IMAGE_CLIPS: dict = _Recent(200_000)
 #: corpus fingerprint + preset -> {sha1 of a clip's samples: PromptFacts}
 _CORPUS_FACTS: dict = {}
 
@@ -117,7 +134,8 @@ class VLMClassifier(TorchClassifier):
         self.answers = check_answers(self.settings.get("answers"))
         self.image_config = dict(self.settings.get("image") or {})
         self._front_end = None
-        self._clip_facts: dict[str, PromptFacts] = {}
+        # clip hash -> its patient's facts; bounded (a corpus's clips fit, a server's history does not grow)
+        self._clip_facts: dict[str, PromptFacts] = _Recent(500_000)
         self._context: PromptFacts | None = None
 
     # ------------------------------------------------------------------ building
