@@ -160,10 +160,10 @@ def run(args) -> dict:
         pat_source = {str(p): s for p, s in zip(clips.patient_ids.astype(str), sources)}
         kauh = np.array([pat_source[str(p)] == "kauh" for p in pat["ids"]])
         res = {}
-        for name, mask in (("pooled", np.ones(len(kauh), bool)), ("kauh", kauh)):
+        for subset, mask in (("pooled", np.ones(len(kauh), bool)), ("kauh", kauh)):
             ci = metrics.bootstrap_ci(pat["labels"][mask], pat["prob"][mask], pat["threshold"][mask],
                                       groups=pat["patients"][mask], n=args.bootstrap, seed=0)
-            res[name] = {"auroc": ci["auroc"], "sensitivity": ci["sensitivity"], "specificity": ci["specificity"],
+            res[subset] = {"auroc": ci["auroc"], "sensitivity": ci["sensitivity"], "specificity": ci["specificity"],
                          "n_patients": ci["n_groups"], "n_asthma": ci["n_pos"]}
         results[f"{r:g}"] = res
     report = {"classifier": name, "config": args.config, "generator": "breath-diffusion (one per fold, training patients only)",

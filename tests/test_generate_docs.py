@@ -21,7 +21,8 @@ def _script(name):
 
 
 @pytest.mark.parametrize("script, result", [("generators_check", "check.json"), ("generators_check", "check-floor.json"),
-                                            ("generators_fad", "fad.json"), ("generators_augment", "augment.json")])
+                                            ("generators_fad", "fad.json"), ("generators_augment", "augment.json"),
+                                            ("generators_augment", "augment-efficientat-probe.json")])
 def test_docs_tables_are_the_kept_results(script, result):
     report = json.loads((RESULTS / result).read_text())
     table = _script(script).table(report).strip()
