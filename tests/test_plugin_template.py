@@ -83,7 +83,11 @@ def test_installed_plugin_is_listed_and_broken_one_reported(site):
     assert by_name["example-band-energy"]["status"] == "ok"
     assert by_name["broken"]["distribution"] == "steth-broken-example"
     assert "this_dependency_is_not_installed" in by_name["broken"]["status"]
-    assert len(builtin) == 4 and all(status == "ok" for _, _, status in builtin), builtin
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["steth_hub"]
+    assert sorted(name for name, _, _ in builtin) == sorted(declared), builtin  # every built-in module, found
+    assert all(status == "ok" for _, _, status in builtin), builtin
 
 
 def test_strict_mode_refuses_the_broken_plugin(site):
