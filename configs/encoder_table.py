@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from steth_hub.evaluation_report import format_value
+
 #: the rule of configs/README.md ("Pretrained encoders"): shippable candidates, the bar over the baseline
 SHIPPABLE = ("efficientat-asthma",)
 BAR = 0.05
@@ -36,16 +38,9 @@ DISTILL_SEEDS = (1, 2)
 ROBUST_BENCH = "efficientat-asthma-robust.robustness.json"
 
 
-def _fmt(entry) -> str:
-    if not isinstance(entry, dict) or not isinstance(entry.get("value"), (int, float)):
-        return "n/a"
-    low, high = entry.get("low"), entry.get("high")
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
-        return f"{entry['value']:.2f}"
-    return f"{entry['value']:.2f} [{low:.2f}, {high:.2f}]"
-
-
-def _rows(block: dict) -> dict:
+def report_rows(block: dict) -> dict:
+    """One model's table cells from a report block: AUROC within KAUH and pooled, sensitivity, specificity
+    (patient level); configs/vlm_table.py reads its reports the same way."""
     patient = block["levels"]["patient"]
     kauh = (block.get("subgroups") or {}).get("source=kauh") or {}
     return {"kauh": kauh.get("auroc"), "pooled": patient.get("auroc"), "sens": patient.get("sensitivity"),
@@ -65,12 +60,12 @@ def collect(folders: list[Path]) -> dict[str, dict[int, dict]]:
         seed = int(protocol["seed"])
         if fingerprints.setdefault(seed, protocol["folds_fingerprint"]) != protocol["folds_fingerprint"]:
             raise SystemExit(f"{path}: fold seed {seed} has other folds than the runs before it (another corpus?)")
-        table.setdefault(NAMES.get(report["name"], report["name"]), {})[seed] = _rows(report["model"])
+        table.setdefault(NAMES.get(report["name"], report["name"]), {})[seed] = report_rows(report["model"])
         if report.get("baseline"):  # the baseline on the report's own preset
             preset = ((report.get("experiment") or {}).get("preset") or {})
             preset = preset.get("name") if isinstance(preset, dict) else preset
             name = "mfcc-logreg" if preset in (None, "excerpt-10s") else f"mfcc-logreg ({preset})"
-            table.setdefault(name, {})[seed] = _rows(report["baseline"])
+            table.setdefault(name, {})[seed] = report_rows(report["baseline"])
     return table
 
 
@@ -134,8 +129,8 @@ def main(argv=None) -> str:
         for seed in seeds:
             if seed in per_seed:
                 r = per_seed[seed]
-                lines.append(f"| {name} | {seed} | {_fmt(r['kauh'])} | {_fmt(r['pooled'])} | {_fmt(r['sens'])} | "
-                             f"{_fmt(r['spec'])} |")
+                cells = " | ".join(format_value(r[col]) for col in ("kauh", "pooled", "sens", "spec"))
+                lines.append(f"| {name} | {seed} | {cells} |")
     lines += ["", f"Mean patient-level AUROC within KAUH over fold seeds {', '.join(map(str, main_seeds))}:", ""]
     means = {name: mean_kauh(per_seed, main_seeds) for name, per_seed in table.items()}
     for name, value in means.items():

@@ -18,22 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from steth_hub.evaluation_report import format_value
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encoder_table import report_rows  # noqa: E402  (configs/encoder_table.py: the same table cells)
+
 REPO = Path(__file__).resolve().parents[1]
 KEPT = REPO / "configs" / "results"
 NAMES = ("vlm-asthma", "vlm-asthma-nofacts")
-
-
-def _fmt(entry) -> str:
-    if not isinstance(entry, dict) or not isinstance(entry.get("value"), (int, float)):
-        return "n/a"
-    low, high = entry.get("low"), entry.get("high")
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
-        return f"{entry['value']:.2f}"
-    return f"{entry['value']:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _report(folder: Path | None, name: str, seed: int) -> tuple[dict, Path]:
@@ -43,13 +40,6 @@ def _report(folder: Path | None, name: str, seed: int) -> tuple[dict, Path]:
         if path.is_file():
             return json.loads(path.read_text()), path
     raise SystemExit(f"no report for {name} fold seed {seed} (looked in {', '.join(map(str, candidates))})")
-
-
-def _rows(block: dict) -> dict:
-    patient = block["levels"]["patient"]
-    kauh = (block.get("subgroups") or {}).get("source=kauh") or {}
-    return {"kauh": kauh.get("auroc"), "pooled": patient.get("auroc"), "sens": patient.get("sensitivity"),
-            "spec": patient.get("specificity")}
 
 
 def facts_alone(report: dict, columns: tuple[str, ...], seed: int) -> dict:
@@ -110,10 +100,10 @@ def build_seed(folder: Path | None, seed: int) -> tuple[dict, dict]:
     if len(set(fingerprints.values())) != 1:
         raise SystemExit(f"fold seed {seed}: the reports used different folds: {fingerprints}")
     rows = {
-        "facts": _rows(reports["vlm-asthma"]["model"]),
-        "image": _rows(reports["vlm-asthma-nofacts"]["model"]),
-        "default": _rows(default["model"]),
-        "mfcc": _rows(reports["vlm-asthma"]["baseline"]),
+        "facts": report_rows(reports["vlm-asthma"]["model"]),
+        "image": report_rows(reports["vlm-asthma-nofacts"]["model"]),
+        "default": report_rows(default["model"]),
+        "mfcc": report_rows(reports["vlm-asthma"]["baseline"]),
         "agesex": facts_alone(reports["vlm-asthma"], ("age", "sex"), seed),
         "age": facts_alone(reports["vlm-asthma"], ("age",), seed),
     }
@@ -132,8 +122,8 @@ def build(folder: Path | None, seeds: list[int]) -> tuple[str, dict, dict]:
     for key, label in LABELS.items():
         for seed, (rows, _) in per_seed.items():
             r = rows[key]
-            lines.append(f"| {label} | {seed} | {_fmt(r['kauh'])} | {_fmt(r['pooled'])} | {_fmt(r['sens'])} | "
-                         f"{_fmt(r['spec'])} |")
+            cells = " | ".join(format_value(r[col]) for col in ("kauh", "pooled", "sens", "spec"))
+            lines.append(f"| {label} | {seed} | {cells} |")
     means = {key: {col: float(np.mean([_value(rows, key, col) for rows, _ in per_seed.values()]))
                    for col in ("kauh", "pooled")} for key in LABELS}
     lines += ["", f"Mean over fold seeds {', '.join(map(str, seeds))} (within KAUH / pooled):", ""]
