@@ -16,7 +16,7 @@ A model is named by a folder or by a Hugging Face Hub repo id:
 The folder then loads through :func:`steth_hub.model_folder.load_classifier`: ``steth.json`` names the
 classifier plugin and the registry finds its class (never an import path taken from a file). A plain
 transformers Audio Spectrogram Transformer checkpoint without ``steth.json`` (anyone's fine-tuned AST
-with the labels ``not_asthma``/``asthma``) is *adopted* as the ``ast`` plugin with threshold 0.5 and
+with the labels ``not_asthma``/``asthma``) is *adopted* by the plugin that declares its ``model_type`` (the built-in ``ast``), with threshold 0.5 and
 steth-hub's default preprocessing preset, with a warning, because nothing says how it was trained.
 
 Nothing here imports huggingface_hub, transformers or torch at module level.
@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from steth_hub.errors import ModelError
-from steth_hub.model_folder import (  # noqa: F401  (SAFE_PATTERNS, CODE_PATTERNS: kept importable from here)
-    CODE_PATTERNS, PICKLE_SUFFIXES, SAFE_PATTERNS, STETH_METADATA, check_model_weights, plugin_distribution,
-    publishable_metadata,
+from steth_hub.model_folder import (
+    CODE_PATTERNS, PICKLE_SUFFIXES, SAFE_PATTERNS, STETH_METADATA, check_model_weights,
 )
-# publishing lives in steth_hub.publish; kept importable from here
-from steth_hub.publish import push_to_hub, stage_for_upload  # noqa: F401
+# publishing lives in steth_hub.publish; kept importable from here (steth_hub.push_to_hub, hub.push_to_hub)
+from steth_hub.publish import push_to_hub  # noqa: F401
 
 if TYPE_CHECKING:
     from steth_hub.classifier import Classifier
@@ -56,8 +55,6 @@ EMBEDDED: dict[str, Path] = {DEFAULT_MODEL: _MODELS_DIR / "efficientat-asthma",
                               "steth/efficientat-asthma-floor": _MODELS_DIR / "efficientat-asthma-floor",
                               "steth/ast-asthma": _MODELS_DIR / "ast-asthma",
                               "steth/vlm-asthma": _MODELS_DIR / "vlm-asthma"}
-#: kept for callers of earlier versions: the built-in plugin that adopts AST checkpoints
-AST_PLUGIN = "ast"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 

@@ -158,14 +158,15 @@ class ModelCatalog:
 
 
 def _plugin_of(source: str | os.PathLike) -> str:
-    """The classifier plugin a model folder or name needs, read from ``steth.json`` without loading it."""
-    from steth_hub.classifier import STETH_METADATA, read_metadata
-    from steth_hub.hub import AST_PLUGIN, resolve
+    """The classifier plugin a model folder or name needs, read from ``steth.json`` without loading it
+    (a plain checkpoint without one: the plugin that declares it adopts its ``model_type``)."""
+    from steth_hub.hub import adoption_metadata, resolve
+    from steth_hub.model_folder import STETH_METADATA, read_metadata
 
     folder = resolve(source)
     if (folder / STETH_METADATA).is_file():
         return str(read_metadata(folder)["plugin"])
-    return AST_PLUGIN  # a plain transformers AST checkpoint is adopted by the ast plugin
+    return str(adoption_metadata(folder)["plugin"])
 
 
 def reads_facts(model) -> bool:
