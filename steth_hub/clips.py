@@ -86,6 +86,18 @@ class ClipSet:
         """The clips of the given patients."""
         return self.subset(np.isin(self.patient_ids, list(patients)))
 
+    def with_copies(self, extra: np.ndarray, **meta) -> "ClipSet":
+        """These clips followed by altered copies of them (``extra``: ``k * N`` waveforms, copy by copy);
+        a copy keeps its clip's label, recording, patient and start. ``meta`` is added to the set's meta."""
+        extra = np.asarray(extra, dtype=np.float32)
+        if len(self) == 0 or len(extra) % len(self):
+            raise ValueError(f"{len(extra)} copies do not match {len(self)} clips")
+        reps = 1 + len(extra) // len(self)
+        return ClipSet(waveforms=np.concatenate([self.waveforms, extra]), sample_rate=self.sample_rate,
+                       labels=np.tile(self.labels, reps), recording_ids=np.tile(self.recording_ids, reps),
+                       patient_ids=np.tile(self.patient_ids, reps), starts=np.tile(self.starts, reps),
+                       meta=dict(self.meta, **meta))
+
     @classmethod
     def from_clips(cls, clips: list[Clip], labels, patient_ids, meta: dict | None = None) -> "ClipSet":
         """Stack clips (all of one length and rate) with one label and patient per clip."""

@@ -39,10 +39,7 @@ from typing import Any
 import numpy as np
 
 from steth_hub.classifier import Classifier
-# the per-clip feature cache (kept importable from here)
-from steth_hub.feature_cache import (  # noqa: F401
-    FEATURE_CACHE_LIMIT, cached_features, clear_feature_cache, feature_cache_disabled, featurise_clipset,
-)
+from steth_hub.feature_cache import cached_features
 
 
 class TorchClassifier(Classifier):
@@ -80,11 +77,11 @@ class TorchClassifier(Classifier):
 
         if int(train.sample_rate) != self.sample_rate:
             self.sample_rate = int(train.sample_rate)
+        checked = check_recipe(recipe or {})  # before any work: a bad recipe costs nothing
         distilled = noisy = None
-        if (recipe or {}).get("noisy_copies"):  # noisy copies of the training clips (see with_noisy_copies)
-            train, noisy = with_noisy_copies(train, recipe["noisy_copies"], seed=int(check_recipe(recipe)["seed"]))
-        if (recipe or {}).get("distill"):  # a teacher trained on these clips only (see distillation_set)
-            checked = check_recipe(recipe)
+        if checked.get("noisy_copies"):  # noisy copies of the training clips (see with_noisy_copies)
+            train, noisy = with_noisy_copies(train, checked["noisy_copies"], seed=int(checked["seed"]))
+        if checked.get("distill"):  # a teacher trained on these clips only (see distillation_set)
             train, soft, distilled = distillation_set(checked["distill"], train, valid, seed=int(checked["seed"]),
                                                       out_dir=out_dir)
             kwargs["soft_targets"] = soft

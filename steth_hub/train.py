@@ -1,6 +1,6 @@
 """Where a torch classifier is trained: one Hugging Face ``Trainer`` loop shared by every torch classifier.
 
-:func:`fit_torch` takes a classifier that follows the small protocol below, a training
+:func:`fit_torch` takes a classifier that follows the protocol of :mod:`steth_hub.torch_classifier`, a training
 :class:`~steth_hub.clips.ClipSet` (and optionally a validation one), a recipe (the paper's
 ``configs/paper.yaml`` or another) and a working folder for checkpoints. It
 
@@ -40,16 +40,8 @@ from typing import Any
 import numpy as np
 
 from steth_hub.errors import ConfigError
-# the recipe's keys and checks (kept importable from here)
-from steth_hub.recipe import (  # noqa: F401
-    AUGMENT_KEYS, AUGMENT_RULES, DEFAULTS, DISTILL_KEYS, EXTRA_KEYS, MANAGED_KEYS, NOISY_COPIES_KEYS, PRETRAIN_KEYS,
-    PRETRAIN_RULES, SHIFT_MODES, VALUE_RULES, _check_noisy_copies, check_recipe, check_recipe_values,
-    training_argument_names,
-)
-# the per-clip feature cache (kept importable from here)
-from steth_hub.feature_cache import (  # noqa: F401
-    FEATURE_CACHE_LIMIT, cached_features, clear_feature_cache, feature_cache_disabled, featurise_clipset,
-)
+from steth_hub.feature_cache import featurise_clipset
+from steth_hub.recipe import _check_noisy_copies, check_recipe, training_argument_names
 
 log = logging.getLogger(__name__)
 
@@ -479,8 +471,6 @@ def with_noisy_copies(train, settings: dict, *, seed: int = 42):
     copies with random noise make the floor uninformative. Returns ``(clips, summary)``; a ClipSet
     already expanded (``meta["noisy_copies"]``) is returned as it is.
     """
-    from steth_hub.clips import ClipSet
-
     if train.meta.get("noisy_copies"):
         return train, dict(train.meta["noisy_copies"])
     _check_noisy_copies(settings)
@@ -490,14 +480,9 @@ def with_noisy_copies(train, settings: dict, *, seed: int = 42):
     extra = augmented_copies(train.waveforms, copies, noise_snr_db=snr, gain_db=float(settings.get("gain_db", 0.0)),
                              seed=int(settings.get("seed", seed)), max_hz=settings.get("max_hz"),
                              sample_rate=int(train.sample_rate))
-    reps = copies + 1
     summary = {"copies": copies, "noise_snr_db": list(snr), "gain_db": float(settings.get("gain_db", 0.0)),
-               "max_hz": settings.get("max_hz"), "n_clips": int(len(train) * reps)}
-    expanded = ClipSet(waveforms=np.concatenate([train.waveforms, extra]), sample_rate=train.sample_rate,
-                       labels=np.tile(train.labels, reps), recording_ids=np.tile(train.recording_ids, reps),
-                       patient_ids=np.tile(train.patient_ids, reps), starts=np.tile(train.starts, reps),
-                       meta=dict(train.meta, noisy_copies=summary))
-    return expanded, summary
+               "max_hz": settings.get("max_hz"), "n_clips": int(len(train) * (copies + 1))}
+    return train.with_copies(extra, noisy_copies=summary), summary
 
 
 def distillation_set(settings: dict, train, valid=None, *, seed: int = 42, out_dir=None):
@@ -513,7 +498,6 @@ def distillation_set(settings: dict, train, valid=None, *, seed: int = 42, out_d
     """
     import tempfile
 
-    from steth_hub.clips import ClipSet
     from steth_hub.experiment import load_experiment
     from steth_hub.registry import get_registry
 
@@ -526,15 +510,11 @@ def distillation_set(settings: dict, train, valid=None, *, seed: int = 42, out_d
     copies = int(settings.get("copies", 2))
     extra = augmented_copies(train.waveforms, copies, noise_snr_db=settings.get("noise_snr_db", (30.0, 50.0)),
                              gain_db=float(settings.get("gain_db", 6.0)), seed=seed)
-    waveforms = np.concatenate([train.waveforms, extra])
-    reps = copies + 1
-    augmented = ClipSet(waveforms=waveforms, sample_rate=train.sample_rate, labels=np.tile(train.labels, reps),
-                        recording_ids=np.tile(train.recording_ids, reps), patient_ids=np.tile(train.patient_ids, reps),
-                        starts=np.tile(train.starts, reps), meta=dict(train.meta))
-    soft = np.asarray(teacher.predict_proba(waveforms), dtype=np.float32)
+    augmented = train.with_copies(extra)
+    soft = np.asarray(teacher.predict_proba(augmented.waveforms), dtype=np.float32)
     summary = {"teacher": teacher_exp.name, "teacher_classifier": teacher_exp.classifier, "copies": copies,
                "alpha": float(settings.get("alpha", 0.0)), "teacher_seconds": round(time.perf_counter() - started, 3),
-               "n_clips": int(len(waveforms))}
+               "n_clips": int(len(augmented))}
     return augmented, soft, summary
 
 
@@ -680,16 +660,3 @@ def training_facts(train, history: dict) -> dict:
         "stopped_early": history.get("stopped_early", False),
         "seed": history.get("seed"),
     }
-
-
-#: moved to steth_hub.experiment (the orchestration); importable from here for earlier callers
-_MOVED_TO_EXPERIMENT = {"train_experiment", "train_on_clips", "check_model_output", "epochs_from_evaluation",
-                        "read_evaluation"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_EXPERIMENT:
-        from steth_hub import experiment
-
-        return getattr(experiment, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
