@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
 
     from steth_hub.experiment import load_experiment
     from steth_hub.registry import get_registry
-    from steth_hub.torch_classifier import featurise_clipset
+    from steth_hub.feature_cache import featurise_clipset
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,9 +19,8 @@ import numpy as np
 from steth_hub.errors import ModelError
 # steth.json and the weight checks live in model_folder; kept importable from here
 from steth_hub.model_folder import (  # noqa: F401
-    LABELS, METADATA_SCHEMA, PICKLE_SUFFIXES, STETH_METADATA, check_loading_info, check_safetensors_file,
-    check_safetensors_only, load_classifier, plugin_distribution, read_metadata, self_check, validate_metadata,
-    write_metadata,
+    LABELS, STETH_METADATA, check_loading_info, check_safetensors_only, load_classifier, plugin_distribution,
+    read_metadata, write_metadata,
 )
 
 

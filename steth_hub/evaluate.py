@@ -43,8 +43,8 @@ from steth_hub.corpus.splits import (  # noqa: F401
 )
 # the report's files and its tables (kept importable from here)
 from steth_hub.evaluation_report import (  # noqa: F401
-    METRIC_NAMES, OOF_FILE, REPORT_FILE, REPORT_FORMAT, comparison_table, format_table, format_value, load_report,
-    source_warnings, subgroup_rows, write_report,
+    OOF_FILE, REPORT_FILE, REPORT_FORMAT, comparison_table, format_table, format_value,
+    source_warnings, write_report,
 )
 from steth_hub.errors import ConfigError, CorpusError
 

@@ -41,7 +41,7 @@ import numpy as np
 from steth_hub.errors import ModelError, StethError
 # what the light runtime reads is defined there; the export writes exactly that
 from steth_hub.runtime import (  # noqa: F401
-    ONNX_FILE, ONNX_KEY, build_frontend, sha256_file, softmax_asthma, weights_digest,
+    ONNX_FILE, ONNX_KEY, build_frontend, softmax_asthma, weights_digest,
 )
 
 log = logging.getLogger(__name__)

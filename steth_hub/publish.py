@@ -1,6 +1,6 @@
 """Where a model is published: ``push_to_hub`` stages its safe files and a fresh card, then ONE Hub commit.
 
-The model's safe files (:data:`steth_hub.hub.SAFE_PATTERNS`: JSON, safetensors, text, YAML, ONNX)
+The model's safe files (:data:`steth_hub.model_folder.SAFE_PATTERNS`: JSON, safetensors, text, YAML, ONNX)
 plus a freshly generated model card (``README.md``, see :mod:`steth_hub.card`) are staged in a
 temporary folder and sent to the Hub in one commit, so a repo never holds weights without their
 card. Nothing here imports huggingface_hub or torch at module level.

@@ -190,7 +190,7 @@ class EfficientATClassifier(TorchClassifier):
         """The linear probe; then, in ``finetune`` mode, the whole network with the Trainer loop."""
         import time
 
-        from steth_hub.torch_classifier import featurise_clipset
+        from steth_hub.feature_cache import featurise_clipset
 
         if int(train.sample_rate) != self.sample_rate:
             self.sample_rate = int(train.sample_rate)

@@ -117,7 +117,7 @@ def load_clinic(corpus_dir, experiment: dict, *, valid_fraction: float = 0.2, se
 
 def featurise(model, clips, batch_size: int = 64):
     """Raw (unnormalised) features of a ClipSet, the same way steth train computes them."""
-    from steth_hub.torch_classifier import featurise_clipset
+    from steth_hub.feature_cache import featurise_clipset
 
     if int(clips.sample_rate) != model.sample_rate:
         model.sample_rate = int(clips.sample_rate)
