@@ -98,6 +98,22 @@ BUILTIN_PRESETS: dict[str, dict] = {
             {"normalise": {"method": "peak"}},
         ],
     },
+    "excerpt-10s-floor20": {
+        "description": ("excerpt-10s with a loud common floor and RMS levels: the same white noise 20 dB below "
+                        "each recording's RMS is added before band-limiting, so noise 30 dB or more below the "
+                        "signal (8-bit storage of most recordings, a noisier recorder) barely moves it, and each "
+                        "clip is scaled to an RMS of 0.1 (a few clipped peaks cannot change its level)."),
+        "steps": [
+            {"min-duration": {"seconds": 6.0}},
+            {"clipping": {"method": "plateau"}},
+            {"trim": {"seconds": 0.5}},
+            {"noise-floor": {"snr_db": 20.0}},
+            {"bandlimit": {"max_hz": 2000.0}},
+            {"resample": {"sample_rate": 16000}},
+            {"cut": {"seconds": 5.0, "overlap": 60.0}},
+            {"normalise": {"method": "rms"}},
+        ],
+    },
     "paper": {
         "description": ("The paper's values: >= 14 s, clipping rejected (with the working plateau detector: the "
                         "paper's p95 rule, method paper-p95, rejects every recording), 2 s trimmed each end, "
