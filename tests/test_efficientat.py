@@ -244,9 +244,16 @@ def test_fine_tuning_learns_on_real_clips_and_changes_every_tensor(tmp_path, exa
     recipe = {"num_train_epochs": 3, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
               "learning_rate": 1e-3, "encoder_lr_scale": 0.3, "warmup_ratio": 0.0, "logging_steps": 1,
               "save_steps": 100, "seed": 3, "disable_tqdm": True, "augment": {"time_mask": 20, "mixup_alpha": 0.2}}
+    passes = []
+    embeddings = model._embeddings
+    model._embeddings = lambda *a, **k: passes.append(1) or embeddings(*a, **k)
     history = model.fit(example_clips, recipe=recipe, out_dir=tmp_path / "ckpt")
     losses = [e["loss"] for e in history["log_history"] if "loss" in e]
     assert history["probe"]["n_clips"] == len(example_clips) and len(losses) >= 3
+    assert len(passes) == 1  # one embedding pass serves the statistics, the probe and the fine-tune
+    pretrained = cls.from_config({"weights": str(mn04_dir / "model.safetensors"), "mode": "finetune", "C": 0.01})
+    emb = pretrained._embeddings(pretrained.featurise(example_clips.waveforms, example_clips.sample_rate))
+    np.testing.assert_allclose(model.net.embedding_mean.numpy(), emb.mean(dim=0).numpy(), rtol=1e-5, atol=1e-6)
     state = model.net.state_dict()
     distributed = load_file(str(mn04_dir / "model.safetensors"))
     unchanged = [k for k, v in distributed.items() if torch_equal(state[f"encoder.{k}"], v)]

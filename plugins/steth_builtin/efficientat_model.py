@@ -100,6 +100,7 @@ class EfficientATClassifier(TorchClassifier):
         self.mode = mode
         self.C = float(C)
         self._front_end = None
+        self._normalised_for = None  # set by fit between the probe and the fine-tune (see fit_normalisation)
 
     # -- building ---------------------------------------------------------------
     @classmethod
@@ -157,8 +158,17 @@ class EfficientATClassifier(TorchClassifier):
         return torch.as_tensor(self.front_end()(np.asarray(waveforms, dtype=np.float32), int(sample_rate)))
 
     def fit_normalisation(self, features) -> None:
-        """Mean and spread of the training clips' embeddings (the pretrained encoder, in evaluation mode)."""
-        emb = self._embeddings(features)
+        """Mean and spread of the training clips' embeddings (the pretrained encoder, in evaluation mode).
+
+        Skipped once after :meth:`fit` has set them from the same training clips (the probe needs
+        them first, and the encoder has not changed since): one embedding pass, not three.
+        """
+        if getattr(self, "_normalised_for", None) == len(features):
+            self._normalised_for = None
+            return
+        self._set_normalisation(self._embeddings(features))
+
+    def _set_normalisation(self, emb) -> None:
         self.net.embedding_mean.copy_(emb.mean(dim=0))
         self.net.embedding_std.copy_(emb.std(dim=0).clamp_min(1e-4))
 
@@ -202,8 +212,9 @@ class EfficientATClassifier(TorchClassifier):
             train, noisy = with_noisy_copies(train, recipe["noisy_copies"], seed=int(recipe.get("seed", 42)))
         started = time.perf_counter()
         features = featurise_clipset(self, train)
-        self.fit_normalisation(features)
-        probe = self._fit_probe(features, train.labels, seed=int(recipe.get("seed", 42)))
+        embeddings = self._embeddings(features)  # the pretrained encoder's: the statistics and the probe share them
+        self._set_normalisation(embeddings)
+        probe = self._fit_probe(embeddings, train.labels, seed=int(recipe.get("seed", 42)))
         probe["seconds"] = round(time.perf_counter() - started, 3)
         if self.mode == "frozen":
             from steth_hub.train import choose_threshold, training_facts
@@ -215,17 +226,21 @@ class EfficientATClassifier(TorchClassifier):
             if noisy is not None:
                 history["noisy_copies"] = self.metadata["training"]["noisy_copies"] = noisy
             return history
-        history = super().fit(train, valid, recipe, out_dir, **kwargs)
+        self._normalised_for = len(features)
+        try:
+            history = super().fit(train, valid, recipe, out_dir, **kwargs)
+        finally:
+            self._normalised_for = None
         history["probe"] = probe
         return history
 
-    def _fit_probe(self, features, labels, *, seed: int) -> dict:
+    def _fit_probe(self, embeddings, labels, *, seed: int) -> dict:
         """Class-balanced L2 logistic regression on the standardised embeddings, copied into the head."""
         import torch
         from sklearn.linear_model import LogisticRegression
 
         net = self.net
-        z = ((self._embeddings(features) - net.embedding_mean) / net.embedding_std).numpy().astype(np.float64)
+        z = ((embeddings - net.embedding_mean) / net.embedding_std).numpy().astype(np.float64)
         probe = LogisticRegression(C=self.C, class_weight="balanced", max_iter=5000, random_state=seed)
         probe.fit(z, np.asarray(labels))
         with torch.no_grad():
