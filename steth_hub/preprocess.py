@@ -114,6 +114,21 @@ BUILTIN_PRESETS: dict[str, dict] = {
             {"normalise": {"method": "rms"}},
         ],
     },
+    "excerpt-10s-floor-rms": {
+        "description": ("excerpt-10s-floor with RMS levels: the same white noise 35 dB below each recording's "
+                        "RMS before band-limiting, and each clip scaled to an RMS of 0.1, so a few clipped "
+                        "peaks (a recording made 6 dB too loud) cannot change a clip's level."),
+        "steps": [
+            {"min-duration": {"seconds": 6.0}},
+            {"clipping": {"method": "plateau"}},
+            {"trim": {"seconds": 0.5}},
+            {"noise-floor": {"snr_db": 35.0}},
+            {"bandlimit": {"max_hz": 2000.0}},
+            {"resample": {"sample_rate": 16000}},
+            {"cut": {"seconds": 5.0, "overlap": 60.0}},
+            {"normalise": {"method": "rms"}},
+        ],
+    },
     "paper": {
         "description": ("The paper's values: >= 14 s, clipping rejected (with the working plateau detector: the "
                         "paper's p95 rule, method paper-p95, rejects every recording), 2 s trimmed each end, "

@@ -30,7 +30,7 @@ EXTRA_KEYS = {
     "freeze_encoder",           # true: the Trainer trains the classification head only (after pretrain)
     "encoder_lr_scale",         # the encoder's learning rate = this x learning_rate (needs encoder_parameters)
     "distill",                  # {teacher: experiment config, alpha, copies, noise_snr_db, gain_db}: see distillation_set
-    "noisy_copies",             # {copies, noise_snr_db: [lo, hi], gain_db, max_hz}: see with_noisy_copies
+    "noisy_copies",             # {copies, noise_snr_db: [lo, hi], gain_db, max_hz, consistency}: see with_noisy_copies
 }
 
 
@@ -40,7 +40,7 @@ PRETRAIN_KEYS = {"epochs", "learning_rate", "weight_decay", "batch_size"}
 DISTILL_KEYS = {"teacher", "alpha", "copies", "noise_snr_db", "gain_db"}
 
 
-NOISY_COPIES_KEYS = {"copies", "noise_snr_db", "gain_db", "max_hz", "seed"}
+NOISY_COPIES_KEYS = {"copies", "noise_snr_db", "gain_db", "max_hz", "seed", "consistency"}
 
 
 #: TrainingArguments we set ourselves; a recipe may not override them
@@ -256,12 +256,13 @@ def _check_values(values: dict, rules: dict, source, *, where: str) -> dict:
 
 def _check_noisy_copies(settings, source=None) -> None:
     """Refuse a bad ``noisy_copies`` setting before any work, naming the key and the fix."""
-    fix = "use noisy_copies: {copies: 1, noise_snr_db: [15, 45]} (optional: gain_db, max_hz, seed)"
+    fix = "use noisy_copies: {copies: 1, noise_snr_db: [15, 45]} (optional: gain_db, max_hz, seed, consistency)"
     if not isinstance(settings, dict) or set(settings) - NOISY_COPIES_KEYS:
         raise ConfigError(f"bad 'noisy_copies' setting {settings!r}", path=source, fix=fix)
     checked = _check_values({k: v for k, v in settings.items() if k != "noise_snr_db"},
                             {"copies": ("int", 1, 16, False), "gain_db": ("float", 0.0, 24.0, False),
-                             "max_hz": ("float", 0.0, None, True), "seed": ("int", 0, None, False)},
+                             "max_hz": ("float", 0.0, None, True), "seed": ("int", 0, None, False),
+                             "consistency": ("float", 0.0, 100.0, False)},
                             source, where="noisy_copies.")
     snr = settings.get("noise_snr_db", (15.0, 45.0))
     snr = list(snr) if isinstance(snr, (list, tuple)) else [snr, snr]

@@ -196,17 +196,21 @@ def _torch_parts():
     class FeatureDataset(torch.utils.data.Dataset):
         """Precomputed, normalised features and labels, served as Trainer batches."""
 
-        def __init__(self, features, labels, soft=None):
+        def __init__(self, features, labels, soft=None, partner=None):
             self.features = features
             self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
             # a teacher's P(asthma) per clip (distillation), else the labels themselves
             self.soft = torch.as_tensor(np.asarray(labels if soft is None else soft), dtype=torch.float32)
+            self.partner = partner  # each clip's noisy copy (consistency training), else None
 
         def __len__(self):
             return len(self.labels)
 
         def __getitem__(self, i):
-            return {"features": self.features[i], "labels": self.labels[i], "soft": self.soft[i]}
+            item = {"features": self.features[i], "labels": self.labels[i], "soft": self.soft[i]}
+            if self.partner is not None:
+                item["partner"] = self.partner[i]
+            return item
 
     class LogitsModel(torch.nn.Module):
         """Wraps the classifier's network so the Trainer sees ``forward(features) -> {"logits"}``."""
@@ -225,8 +229,9 @@ def _torch_parts():
         loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
         def __init__(self, *args, class_weights=None, augment=None, axes=None, smoothing=0.0,
-                     encoder_lr_scale=None, distill_alpha=None, **kwargs):
+                     encoder_lr_scale=None, distill_alpha=None, consistency=0.0, **kwargs):
             super().__init__(*args, **kwargs)
+            self._consistency = float(consistency or 0.0)
             self._distill_alpha = None if distill_alpha is None else float(distill_alpha)
             self._encoder_lr_scale = None if encoder_lr_scale is None else float(encoder_lr_scale)
             # our loss replaces Trainer's, so the recipe's label_smoothing_factor is applied here (soft targets)
@@ -262,7 +267,19 @@ def _torch_parts():
                 hard = torch.stack([1.0 - q, q], dim=-1)
             else:
                 hard = None
-            if model.training and self._augment:
+            partner = inputs.get("partner") if model.training else None
+            if partner is not None:
+                # a clip and its noisy copy get the same masks, shift, gain and mixup: they differ by the noise only
+                pair = torch.stack([x, partner.to(x.dtype)], dim=1)
+                dims = x.dim()
+                axes = {k: v % dims + 1 for k, v in self._axes.items()}
+                if self._augment:
+                    pair, targets = augment_batch(pair, y, axes, self._augment, targets=hard)
+                else:
+                    targets = hard if hard is not None else torch.nn.functional.one_hot(y.long(), 2).to(x.dtype)
+                x = torch.cat([pair[:, 0], pair[:, 1]])
+                targets = torch.cat([targets, targets])
+            elif model.training and self._augment:
                 x, targets = augment_batch(x, y, self._axes, self._augment, targets=hard)
             else:
                 targets = hard if hard is not None else torch.nn.functional.one_hot(y.long(), 2).to(x.dtype)
@@ -274,9 +291,40 @@ def _torch_parts():
             per_example = -(targets.float() * torch.log_softmax(logits, dim=-1) * weights).sum(-1)
             norm = (targets.float() * weights).sum(-1)
             loss = per_example.sum() / norm.sum().clamp_min(1e-8)
+            if partner is not None and self._consistency > 0:
+                loss = loss + self._consistency * consistency_loss(logits[:len(partner)], logits[len(partner):])
+            if partner is not None and return_outputs:
+                outputs = {"logits": outputs["logits"][:len(partner)]}
             return (loss, outputs) if return_outputs else loss
 
     return torch, FeatureDataset, LogitsModel, WeightedTrainer
+
+
+def consistency_loss(clean, noisy):
+    """Symmetric KL divergence between the class distributions of clips and their noisy copies
+    (stability training, Zheng et al., CVPR 2016): small when noise does not move P(asthma)."""
+    import torch
+
+    p, q = torch.log_softmax(clean, dim=-1), torch.log_softmax(noisy, dim=-1)
+    kl_pq = (p.exp() * (p - q)).sum(-1)
+    kl_qp = (q.exp() * (q - p)).sum(-1)
+    return 0.5 * (kl_pq + kl_qp).mean()
+
+
+def consistency_pairs(train, train_x):
+    """``(clip features, their noisy copies' features, labels)`` for consistency training: clip ``i``
+    is paired with each of its copies (``ClipSet.with_copies`` puts copy ``k`` of clip ``i`` at
+    ``(k + 1) * n + i``)."""
+    import torch
+
+    summary = train.meta.get("noisy_copies") or {}
+    copies = int(summary.get("copies") or 0)
+    n = len(train) // (copies + 1) if copies else 0
+    if copies < 1 or n * (copies + 1) != len(train):
+        raise ConfigError("noisy_copies.consistency needs the training clips with their noisy copies",
+                          fix="set noisy_copies.copies (1 or more) beside consistency")
+    clean = torch.cat([train_x[:n]] * copies)
+    return clean, train_x[n:], np.tile(np.asarray(train.labels)[:n], copies)
 
 
 def _stop_at_epoch_callback(epoch: float):
@@ -482,6 +530,8 @@ def with_noisy_copies(train, settings: dict, *, seed: int = 42):
                              sample_rate=int(train.sample_rate))
     summary = {"copies": copies, "noise_snr_db": list(snr), "gain_db": float(settings.get("gain_db", 0.0)),
                "max_hz": settings.get("max_hz"), "n_clips": int(len(train) * (copies + 1))}
+    if settings.get("consistency"):
+        summary["consistency"] = float(settings["consistency"])
     return train.with_copies(extra, noisy_copies=summary), summary
 
 
@@ -590,14 +640,24 @@ def fit_torch(classifier, train, valid=None, recipe: dict | None = None, out_dir
     if valid_x is not None and recipe.get("early_stopping_patience"):
         cbs.append(EarlyStoppingCallback(early_stopping_patience=int(recipe["early_stopping_patience"]),
                                          early_stopping_threshold=float(recipe.get("early_stopping_threshold") or 0.0)))
+    consistency = float((recipe.get("noisy_copies") or {}).get("consistency") or 0.0)
+    if consistency > 0:  # each clip beside its noisy copy in the batch, and a term that keeps them together
+        if soft_targets is not None:
+            raise ConfigError("noisy_copies.consistency cannot be combined with distill",
+                              fix="drop one of them from the recipe")
+        clean, noisy, labels = consistency_pairs(train, train_x)
+        train_dataset = FeatureDataset(clean, labels, partner=noisy)
+    else:
+        train_dataset = FeatureDataset(train_x, train.labels, soft_targets)
     trainer = WeightedTrainer(
-        model=model, args=args, train_dataset=FeatureDataset(train_x, train.labels, soft_targets),
+        model=model, args=args, train_dataset=train_dataset,
         eval_dataset=FeatureDataset(valid_x, valid.labels) if valid_x is not None else None,
         compute_metrics=_compute_metrics if valid_x is not None else None, callbacks=cbs,
         class_weights=weights, augment=recipe.get("augment") or {}, axes=classifier.feature_axes,
         smoothing=float(recipe.get("label_smoothing_factor") or 0.0),
         encoder_lr_scale=recipe.get("encoder_lr_scale"),
         distill_alpha=(float((recipe.get("distill") or {}).get("alpha", 0.0)) if soft_targets is not None else None),
+        consistency=consistency,
     )
     _quiet_trainer_logs(trainer)  # a progress bar with the loss, not raw log dicts between bars
     train_started = time.perf_counter()

@@ -98,3 +98,61 @@ def test_bad_noisy_copies_settings_are_refused_before_training(bad):
 
     with pytest.raises(ConfigError, match="noisy_copies"):
         check_recipe({"noisy_copies": bad})
+
+
+# --------------------------------------------------------------------------- consistency (noisy_copies.consistency)
+def test_consistency_loss_is_zero_for_equal_outputs_and_symmetric():
+    import torch
+
+    from steth_hub.train import consistency_loss
+
+    a = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    b = torch.tensor([[0.5, 0.0], [1.0, -1.0]])
+    assert float(consistency_loss(a, a)) == pytest.approx(0.0, abs=1e-7)
+    assert float(consistency_loss(a, b)) > 0.05
+    assert float(consistency_loss(a, b)) == pytest.approx(float(consistency_loss(b, a)), rel=1e-6)
+
+
+def test_consistency_pairs_each_clip_with_its_own_copies(clips):
+    import torch
+
+    from steth_hub.train import consistency_pairs, with_noisy_copies
+
+    expanded, _ = with_noisy_copies(clips, {"copies": 2, "noise_snr_db": [30, 30], "consistency": 1.0}, seed=1)
+    feats = torch.as_tensor(expanded.waveforms)  # stand-ins for features: row i is clip i's waveform
+    clean, noisy, labels = consistency_pairs(expanded, feats)
+    n = len(clips)
+    assert len(clean) == len(noisy) == len(labels) == 2 * n
+    for k in range(2 * n):
+        assert np.array_equal(clean[k].numpy(), clips.waveforms[k % n])
+        residual = noisy[k].numpy().astype(np.float64) - clips.waveforms[k % n]
+        assert 10 * np.log10(np.mean(clips.waveforms[k % n] ** 2) / np.mean(residual ** 2)) == pytest.approx(30, abs=0.5)
+    assert np.array_equal(labels, np.tile(clips.labels, 2))
+    with pytest.raises(ConfigError, match="consistency needs the training clips with their noisy copies"):
+        consistency_pairs(clips, torch.as_tensor(clips.waveforms))
+
+
+def test_consistency_training_keeps_a_clip_and_its_noisy_copy_together(clips, tmp_path, monkeypatch):
+    import steth_hub.train as train_module
+    from steth_hub.registry import get_registry
+
+    seen = []
+    original = train_module.consistency_loss
+    monkeypatch.setattr(train_module, "consistency_loss",
+                        lambda a, b: seen.append((a.shape, b.shape)) or original(a, b))
+    gaps = {}
+    for weight in (0.0, 20.0):
+        model = get_registry().get("classifier", "ast").load().from_config(
+            {"size": "tiny", "front_end": {"sampling_rate": 4000, "num_mel_bins": 64}, "frequency_stride": 8,
+             "time_stride": 8})
+        recipe = {"num_train_epochs": 4, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                  "learning_rate": 2e-3, "logging_steps": 1, "save_steps": 1000, "seed": 0, "disable_tqdm": True,
+                  "noisy_copies": {"copies": 1, "noise_snr_db": [0, 5], "consistency": weight}}
+        history = model.fit(clips, recipe=recipe, out_dir=tmp_path / str(weight))
+        assert history["n_train_clips"] == 2 * len(clips)
+        noisy = train_module.with_noisy_copies(clips, recipe["noisy_copies"], seed=0)[0].waveforms[len(clips):]
+        gaps[weight] = float(np.mean(np.abs(model.predict_proba(clips.waveforms) - model.predict_proba(noisy))))
+    assert seen and all(a == b and a[0] >= 1 for a, b in seen)  # clean and noisy logits, batch by batch
+    steps = -(-len(clips) // 8) * 4
+    assert len(seen) == steps  # one pair per clip: the epoch holds the clips, each beside its copy
+    assert gaps[20.0] < 0.5 * gaps[0.0], gaps
