@@ -13,9 +13,11 @@ MODEL_DIR_OR_NAME is anything ``steth_hub.from_pretrained`` takes (a model folde
 * resampling to 8 kHz and back to the recording's own rate (soxr), a telephone-grade path;
   for 4 kHz recordings this is nearly lossless, so the row mostly measures the 44.1 kHz ones.
 
-For each perturbation: the flip rate of the screening decision (at the model's own threshold),
-the flips of clean positives, and the mean / max |P(asthma) shift|, overall and per source
-(KAUH, ICBHI). A recording the preprocessing rejects after the perturbation (for example
+For each perturbation: the flip rate of the screening decision (at the model's own threshold,
+or ``--threshold``), the flips of clean positives, and the mean / max |P(asthma) shift|, overall
+and per source (KAUH, ICBHI); and what a user would see: how many changed recordings ``steth
+screen`` flags as degraded (the 8-bit check of ``steth_hub.audio``, run on the changed samples
+as on a file), and the *silent* flips, those it does not flag. A recording the preprocessing rejects after the perturbation (for example
 clipped by +6 dB) is counted as ``rejected``, not as a flip. Seeded: the noise of recording i
 under condition c comes from ``default_rng([seed, i, c])``, so reruns and other models see the
 same noise.
@@ -28,7 +30,6 @@ FAIL per row; the exit status is 0 either way (it is a measurement, not a test).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -81,28 +82,33 @@ def source_of(path: Path) -> str:
     return path.parent.name.lower()
 
 
-def score(model, pipeline, recording):
-    """(probability, decision) or (None, reason) when the recording is rejected."""
+def score(model, pipeline, recording, threshold=None):
+    """(probability, decision, flagged degraded) or (None, reason, False) when the recording is rejected."""
     from steth_hub.errors import StethError
     from steth_hub.screening import screen_loaded
 
     try:
         result = screen_loaded(recording, model, pipeline)
     except StethError as exc:
-        return None, exc.code
-    return float(result.probability), bool(result.decision)
+        return None, exc.code, False
+    decision = bool(result.decision) if threshold is None else bool(result.probability >= threshold)
+    return float(result.probability), decision, any(w.startswith("degraded") for w in result.warnings)
 
 
 def summarise(rows: list[dict]) -> dict:
     scored = [r for r in rows if r["p"] is not None]
     shifts = np.array([abs(r["p"] - r["p0"]) for r in scored]) if scored else np.zeros(0)
     flips = sum(r["d"] != r["d0"] for r in scored)
+    silent = sum(r["d"] != r["d0"] and not r["warned"] for r in scored)
     positives = [r for r in scored if r["d0"]]
     return {
         "n": len(scored),
         "rejected": len(rows) - len(scored),
         "flips": int(flips),
         "flip_rate": float(flips / len(scored)) if scored else None,
+        "warned": int(sum(bool(r["warned"]) for r in scored)),
+        "silent_flips": int(silent),
+        "silent_flip_rate": float(silent / len(scored)) if scored else None,
         "positives": len(positives),
         "positives_flipped": int(sum(not r["d"] for r in positives)),
         "mean_abs_shift": float(shifts.mean()) if len(shifts) else None,
@@ -119,6 +125,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="decide at this P(asthma) instead of the model's own threshold (e.g. a fold "
+                             "seed's out-of-fold threshold for a model trained without one)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -126,7 +135,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     import steth_hub
-    from steth_hub.audio import Recording, decode
+    from steth_hub.audio import Recording, decode, from_array
     from steth_hub.errors import StethError
     from steth_hub.screening import ScreeningPipeline
 
@@ -142,7 +151,8 @@ def main(argv=None) -> int:
         return 2
     model = steth_hub.from_pretrained(args.model)
     pipeline = ScreeningPipeline(model)
-    print(f"model {args.model} ({model.plugin_name}, threshold {model.threshold:.3f}); {len(files)} recordings "
+    threshold = float(model.threshold if args.threshold is None else args.threshold)
+    print(f"model {args.model} ({model.plugin_name}, threshold {threshold:.3f}); {len(files)} recordings "
           f"from {where}; seed {args.seed}", file=sys.stderr)
 
     started = time.perf_counter()
@@ -154,18 +164,21 @@ def main(argv=None) -> int:
         except StethError:
             clean_rejected += 1
             continue
-        p0, d0 = score(model, pipeline, rec)
+        p0, d0, _ = score(model, pipeline, rec, args.threshold)
         if p0 is None:
             clean_rejected += 1
             continue
         for c, (name, kind, value) in enumerate(CONDITIONS):
             rng = np.random.default_rng([args.seed, i, c])
             samples = perturb(rec.samples, rec.sample_rate, kind, value, rng)
+            flags = [w for w in from_array(samples, rec.sample_rate, allow_silent=True).warnings
+                     if w.startswith("degraded")]  # what decode would say of these samples in a file
             changed = Recording(samples=samples, sample_rate=rec.sample_rate, source=str(path),
-                                original_sample_rate=rec.original_sample_rate, channels=1, subtype=rec.subtype)
-            p, d = score(model, pipeline, changed)
+                                original_sample_rate=rec.original_sample_rate, channels=1, subtype=rec.subtype,
+                                warnings=flags)
+            p, d, warned = score(model, pipeline, changed, args.threshold)
             rows[name].append({"file": path.name, "source": source_of(path), "p0": p0, "d0": d0,
-                               "p": p, "d": d if p is not None else None})
+                               "p": p, "d": d if p is not None else None, "warned": warned})
         if (i + 1) % 25 == 0:
             print(f"  {i + 1}/{len(files)} recordings, {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
@@ -188,7 +201,7 @@ def main(argv=None) -> int:
         return "-" if x is None else f"{x:.3f}"
 
     header = ("| condition | recordings | flips | flip rate | clean positives flipped | mean abs dP | max abs dP | "
-              + " | ".join(f"flip rate {s}" for s in sources) + " | rejected | bar |")
+              + " | ".join(f"flip rate {s}" for s in sources) + " | rejected | flagged degraded | silent flips | bar |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         verdict = "-" if r["passes"] is None else ("PASS" if r["passes"] else "FAIL")
@@ -196,7 +209,7 @@ def main(argv=None) -> int:
                      f"{r['positives_flipped']}/{r['positives']} | {num(r['mean_abs_shift'])} | "
                      f"{num(r['max_abs_shift'])} | "
                      + " | ".join(pct(r["by_source"][s]["flip_rate"]) for s in sources)
-                     + f" | {r['rejected']} | {verdict} |")
+                     + f" | {r['rejected']} | {r['warned']} | {pct(r['silent_flip_rate'])} | {verdict} |")
     table = "\n".join(lines)
     print(table)
     seconds = time.perf_counter() - started
@@ -206,7 +219,8 @@ def main(argv=None) -> int:
 
         atomic_write_json(args.out, {
             "benchmark": "robustness", "model": args.model, "plugin": model.plugin_name,
-            "threshold": float(model.threshold), "data": where, "n_files": len(files),
+            "threshold": threshold, "threshold_from": "model" if args.threshold is None else "--threshold",
+            "data": where, "n_files": len(files),
             "clean_rejected": clean_rejected, "seed": args.seed, "seconds": round(seconds, 1),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
             "bar": "flip rate <= 5% under 60/40 dB noise, 8-bit, +-6 dB gain, resampling; 30 dB reported only",

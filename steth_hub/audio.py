@@ -238,7 +238,7 @@ def decode(
             if rate < min_sample_rate:
                 raise AudioError(f"sample rate {rate} Hz is below {min_sample_rate} Hz", path=name,
                                  code="sample-rate", fix="record at 4 kHz or more (16 kHz or more recommended)")
-            mono, on_8bit_grid = _read_blocks(fh, name, channels, declared_frames, max_samples)
+            mono, on_grid = _read_blocks(fh, name, channels, declared_frames, max_samples)
     except AudioError:
         raise
     except sf.LibsndfileError as exc:
@@ -269,9 +269,8 @@ def decode(
     if degraded:
         warnings.append(f"degraded: {degraded} samples ({subtype}); quantisation noise this coarse can change "
                         "the result, record or export at 16 bits or more")
-    elif on_8bit_grid and peak > SILENCE_PEAK:
-        warnings.append("degraded: the samples take only 8-bit values (re-encoded from 8 bits?); quantisation "
-                        "noise this coarse can change the result, use the original recording")
+    elif on_grid and peak > SILENCE_PEAK:
+        warnings.append(EIGHT_BIT_VALUES)
     return Recording(samples=mono, sample_rate=int(rate), source=name, original_sample_rate=int(rate),
                      channels=int(channels), subtype=subtype, warnings=warnings)
 
@@ -295,12 +294,21 @@ def _read_blocks(fh, name: str, channels: int, declared_frames: int, max_samples
             raise AudioError(f"more than {max_samples / 1e6:.0f} M samples (the header declared "
                              f"{declared_frames} frames)", path=name, code="too-large",
                              fix="export it as mono at 4-48 kHz, or cut it into shorter files")
-        if grid:
-            scaled = block[:, 0] * 128.0  # within 1.5 16-bit steps of a multiple of 1/128 (full scale is 32767)
-            grid = bool(np.all(np.abs(scaled - np.round(scaled)) <= 1.5 / 256))
+        grid = grid and on_8bit_grid(block[:, 0])
         parts.append(block[:, 0].copy() if channels == 1 else block.mean(axis=1, dtype=np.float32))
     mono = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     return np.ascontiguousarray(mono, dtype=np.float32), grid
+
+
+def on_8bit_grid(samples: np.ndarray) -> bool:
+    """Whether every sample is a multiple of 1/128 of full scale (within 1.5 16-bit steps; full
+    scale is 32767): audio that passed through 8-bit storage, whatever its container says now."""
+    scaled = np.asarray(samples, dtype=np.float32) * 128.0
+    return bool(np.all(np.abs(scaled - np.round(scaled)) <= 1.5 / 256))
+
+
+EIGHT_BIT_VALUES = ("degraded: the samples take only 8-bit values (re-encoded from 8 bits?); quantisation "
+                    "noise this coarse can change the result, use the original recording")
 
 
 def from_array(samples: np.ndarray, sample_rate: int, *, source: str = "<array>",
@@ -332,4 +340,6 @@ def from_array(samples: np.ndarray, sample_rate: int, *, source: str = "<array>"
     warnings = []
     if int(sample_rate) < LOW_SAMPLE_RATE:
         warnings.append(f"low sample rate {int(sample_rate)} Hz: nothing above {int(sample_rate) // 2} Hz was recorded")
+    if on_8bit_grid(arr) and float(np.max(np.abs(arr))) > SILENCE_PEAK:  # the same rule as decode's
+        warnings.append(EIGHT_BIT_VALUES)
     return Recording(samples=arr, sample_rate=int(sample_rate), source=source, warnings=warnings)

@@ -262,3 +262,12 @@ def test_16_bit_samples_holding_8_bit_values_are_flagged(real, tmp_path):
     path = tmp_path / "requantised.wav"
     sf.write(path, np.round(rec.samples * 128) / 128, rec.sample_rate, subtype="PCM_16")
     assert any("only 8-bit values" in w for w in decode(path).warnings)
+
+
+def test_an_array_holding_8_bit_values_is_flagged_like_a_file(real):
+    from steth_hub.audio import from_array
+
+    rec = decode(real)
+    assert not any("8-bit" in w for w in from_array(rec.samples, rec.sample_rate).warnings)
+    stored = np.clip(np.round(rec.samples * 128) / 128, -1.0, 1.0 - 1 / 128)  # what 8-bit storage keeps
+    assert any("only 8-bit values" in w for w in from_array(stored, rec.sample_rate).warnings)

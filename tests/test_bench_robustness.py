@@ -54,3 +54,17 @@ def test_a_run_on_the_examples_writes_every_condition(tmp_path, examples_dir, ca
         assert row["n"] + row["rejected"] == 3 - result["clean_rejected"]
         assert row["flip_rate"] is None or 0.0 <= row["flip_rate"] <= 1.0
     assert "| noise 60 dB SNR |" in capsys.readouterr().out
+    rows = {r["condition"]: r for r in result["results"]}
+    eight = rows["8-bit requantisation"]
+    assert eight["warned"] == eight["n"] > 0 and eight["silent_flips"] == 0  # steth screen flags every one
+    assert all(rows[c]["warned"] == 0 for c in ("noise 60 dB SNR", "noise 40 dB SNR", "gain -6 dB"))
+    assert all(r["silent_flips"] <= r["flips"] for r in result["results"])
+
+
+def test_a_given_threshold_replaces_the_models(tmp_path, examples_dir, one_torch_thread):
+    out = tmp_path / "r.json"
+    assert bench.main(["steth/ast-asthma", "--data", str(examples_dir), "--limit", "2", "--threshold", "0",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["threshold"] == 0.0 and result["threshold_from"] == "--threshold"
+    assert all(r["flips"] == 0 for r in result["results"])  # at 0 every recording is positive, clean or changed
