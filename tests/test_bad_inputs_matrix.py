@@ -183,6 +183,16 @@ def audio_8bit_values_in_16bit(tmp):
 
 
 @case
+def audio_8bit_values_in_an_array(tmp):
+    from steth_hub.audio import from_array
+
+    x, rate = sf.read(KAUH, dtype="float32")
+    rec = from_array(np.clip(np.round(x * 128) / 128, -1, 127 / 128), rate)
+    shown = [w for w in rec.warnings if not w.startswith("low sample rate")]
+    return "wrapped; warning: " + (shown[0] if shown else "(none)")
+
+
+@case
 def audio_truncated(tmp):
     data = KAUH.read_bytes()
     (tmp / "cut.wav").write_bytes(data[: len(data) * 2 // 3])
