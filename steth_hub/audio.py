@@ -318,13 +318,20 @@ def from_array(samples: np.ndarray, sample_rate: int, *, source: str = "<array>"
         raise AudioError("an array needs its sample_rate", path=source, code="sample-rate",
                          fix="pass sample_rate=... with the array")
     arr = np.asarray(samples)
+    given = str(arr.dtype)
+    eight_bit = np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize == 1
+    if np.issubdtype(arr.dtype, np.integer):  # scaled as soundfile scales a file's samples
+        info = np.iinfo(arr.dtype)
+        if int(info.min) == 0:  # unsigned: offset binary (as in 8-bit WAV)
+            half = (int(info.max) + 1) / 2.0
+            arr = (arr.astype(np.float64) - half) / half
+        else:
+            arr = arr.astype(np.float64) / float(-int(info.min))
     if arr.ndim == 2:
         arr = arr.mean(axis=1 if arr.shape[1] < arr.shape[0] else 0)
     if arr.ndim != 1:
         raise AudioError(f"expected a 1-D (or 2-D multichannel) array, got shape {arr.shape}", path=source,
                          code="corrupt", fix="pass samples as a 1-D array")
-    if np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
     arr = arr.astype(np.float32)
     if arr.size == 0:
         raise AudioError("recording holds no samples", path=source, code="empty", fix="pass a non-empty array")
@@ -340,6 +347,9 @@ def from_array(samples: np.ndarray, sample_rate: int, *, source: str = "<array>"
     warnings = []
     if int(sample_rate) < LOW_SAMPLE_RATE:
         warnings.append(f"low sample rate {int(sample_rate)} Hz: nothing above {int(sample_rate) // 2} Hz was recorded")
-    if on_8bit_grid(arr) and float(np.max(np.abs(arr))) > SILENCE_PEAK:  # the same rule as decode's
+    if eight_bit:
+        warnings.append(f"degraded: 8-bit samples ({given} array); quantisation noise "
+                        "this coarse can change the result, record or export at 16 bits or more")
+    elif on_8bit_grid(arr) and float(np.max(np.abs(arr))) > SILENCE_PEAK:  # the same rule as decode's
         warnings.append(EIGHT_BIT_VALUES)
     return Recording(samples=arr, sample_rate=int(sample_rate), source=source, warnings=warnings)

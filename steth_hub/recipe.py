@@ -126,6 +126,9 @@ def check_recipe(recipe: dict, *, source: str | None = None) -> dict:
     noisy = recipe.get("noisy_copies")
     if noisy is not None:
         _check_noisy_copies(noisy, source)
+        if noisy.get("consistency") and distill is not None:
+            raise ConfigError("noisy_copies.consistency cannot be combined with distill", path=source,
+                              fix="drop one of them from the recipe")
     pretrain = recipe.get("pretrain") or {}
     if not isinstance(pretrain, dict) or set(pretrain) - PRETRAIN_KEYS:
         raise ConfigError(f"bad 'pretrain' setting {pretrain!r}", path=source,

@@ -271,3 +271,22 @@ def test_an_array_holding_8_bit_values_is_flagged_like_a_file(real):
     assert not any("8-bit" in w for w in from_array(rec.samples, rec.sample_rate).warnings)
     stored = np.clip(np.round(rec.samples * 128) / 128, -1.0, 1.0 - 1 / 128)  # what 8-bit storage keeps
     assert any("only 8-bit values" in w for w in from_array(stored, rec.sample_rate).warnings)
+
+
+def test_integer_arrays_are_scaled_as_soundfile_scales_files_and_8_bit_ones_flagged(real, tmp_path):
+    from steth_hub.audio import from_array
+
+    rec = decode(real)
+    for subtype, dtype in [("PCM_16", np.int16), ("PCM_32", np.int32), ("PCM_U8", np.uint8)]:
+        path = tmp_path / f"{subtype}.wav"
+        sf.write(path, rec.samples, rec.sample_rate, subtype=subtype)
+        raw, _ = sf.read(path, dtype=dtype if dtype is not np.uint8 else "int16")
+        if dtype is np.uint8:  # the same samples as an offset-binary 8-bit array
+            raw = ((raw.astype(np.int32) // 256) + 128).astype(np.uint8)
+        wrapped = from_array(raw, rec.sample_rate)
+        np.testing.assert_allclose(wrapped.samples, decode(path).samples, atol=1e-6)
+        assert any(w.startswith("degraded: 8-bit") for w in wrapped.warnings) == (dtype is np.uint8)
+    signed = from_array(np.clip(np.round(rec.samples * 128), -128, 127).astype(np.int8), rec.sample_rate)
+    assert any(w.startswith("degraded: 8-bit samples (int8 array)") for w in signed.warnings)
+    stereo = from_array(np.stack([(rec.samples * 32767).astype(np.int16)] * 2, axis=1), rec.sample_rate)
+    np.testing.assert_allclose(stereo.samples, rec.samples, atol=1e-4)  # mixed after scaling, not before

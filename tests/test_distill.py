@@ -156,3 +156,29 @@ def test_consistency_training_keeps_a_clip_and_its_noisy_copy_together(clips, tm
     steps = -(-len(clips) // 8) * 4
     assert len(seen) == steps  # one pair per clip: the epoch holds the clips, each beside its copy
     assert gaps[20.0] < 0.5 * gaps[0.0], gaps
+
+
+def test_consistency_with_distill_is_refused_before_any_work():
+    from steth_hub.train import check_recipe
+
+    with pytest.raises(ConfigError, match="consistency cannot be combined with distill"):
+        check_recipe({"noisy_copies": {"copies": 1, "consistency": 1.0}, "distill": {"teacher": "x.yaml"}})
+
+
+@pytest.mark.parametrize("shape,axes", [((6, 1, 16, 40), {"time": 3, "freq": 2}), ((6, 40, 16), {"time": 1, "freq": 2})])
+@pytest.mark.parametrize("shift_mode", ["roll", "pad"])
+def test_a_clip_and_its_copy_get_the_same_masks_shift_gain_and_mixup(shape, axes, shift_mode):
+    import torch
+
+    from steth_hub.train import augment_batch
+
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    pair = torch.stack([x, x.clone()], dim=1)  # as compute_loss stacks a clip and its copy
+    shifted = {k: v % x.dim() + 1 for k, v in axes.items()}
+    settings = {"time_mask": 10, "freq_mask": 4, "time_shift": 0.3, "shift_mode": shift_mode, "gain_db": 0.5,
+                "mixup_alpha": 0.4}
+    out, targets = augment_batch(pair, torch.tensor([0, 1, 0, 1, 0, 1]), shifted, settings)
+    assert torch.equal(out[:, 0], out[:, 1])  # identical inputs stay identical: the noise is the only difference
+    assert not torch.equal(out[:, 0], x)  # and they were augmented
+    assert targets.shape == (6, 2)

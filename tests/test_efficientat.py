@@ -262,6 +262,15 @@ def test_fine_tuning_learns_on_real_clips_and_changes_every_tensor(tmp_path, exa
     assert p[example_clips.labels == 1].mean() > p[example_clips.labels == 0].mean()
 
 
+def test_consistency_needs_fine_tuning(example_clips, mn04_dir, tmp_path):
+    from steth_hub.registry import get_registry
+
+    cls = get_registry().get("classifier", "efficientat").load()
+    model = cls.from_config({"weights": str(mn04_dir / "model.safetensors"), "mode": "frozen"})
+    with pytest.raises(ConfigError, match="consistency needs mode: finetune"):
+        model.fit(example_clips, recipe={"noisy_copies": {"copies": 1, "consistency": 1.0}}, out_dir=tmp_path)
+
+
 def torch_equal(a, b) -> bool:
     return bool(a.shape == b.shape and (a.float() == b.float()).all())
 

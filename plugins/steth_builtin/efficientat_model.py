@@ -206,6 +206,9 @@ class EfficientATClassifier(TorchClassifier):
             self.sample_rate = int(train.sample_rate)
         recipe = dict(recipe or {})
         noisy = None
+        if self.mode == "frozen" and (recipe.get("noisy_copies") or {}).get("consistency"):
+            raise ConfigError("noisy_copies.consistency needs mode: finetune (a frozen probe is not trained in pairs)",
+                              fix="drop consistency, or set model.mode: finetune")
         if recipe.get("noisy_copies"):  # the probe and the fine-tune see the same noisy copies
             from steth_hub.train import with_noisy_copies
 
