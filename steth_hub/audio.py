@@ -267,8 +267,7 @@ def decode(
         warnings.append(f"low sample rate {rate} Hz: nothing above {rate // 2} Hz was recorded")
     degraded = LOW_RESOLUTION_SUBTYPES.get(str(subtype or "").upper())
     if degraded:
-        warnings.append(f"degraded: {degraded} samples ({subtype}); quantisation noise this coarse can change "
-                        "the result, record or export at 16 bits or more")
+        warnings.append(low_resolution_warning(degraded, subtype))
     elif on_grid and peak > SILENCE_PEAK:
         warnings.append(EIGHT_BIT_VALUES)
     return Recording(samples=mono, sample_rate=int(rate), source=name, original_sample_rate=int(rate),
@@ -305,6 +304,12 @@ def on_8bit_grid(samples: np.ndarray) -> bool:
     scale is 32767): audio that passed through 8-bit storage, whatever its container says now."""
     scaled = np.asarray(samples, dtype=np.float32) * 128.0
     return bool(np.all(np.abs(scaled - np.round(scaled)) <= 1.5 / 256))
+
+
+def low_resolution_warning(kind: str, what: str) -> str:
+    """The ``degraded`` warning of audio stored with too few bits (a file's subtype, an array's dtype)."""
+    return (f"degraded: {kind} samples ({what}); quantisation noise this coarse can change the result, "
+            "record or export at 16 bits or more")
 
 
 EIGHT_BIT_VALUES = ("degraded: the samples take only 8-bit values (re-encoded from 8 bits?); quantisation "
@@ -348,8 +353,7 @@ def from_array(samples: np.ndarray, sample_rate: int, *, source: str = "<array>"
     if int(sample_rate) < LOW_SAMPLE_RATE:
         warnings.append(f"low sample rate {int(sample_rate)} Hz: nothing above {int(sample_rate) // 2} Hz was recorded")
     if eight_bit:
-        warnings.append(f"degraded: 8-bit samples ({given} array); quantisation noise "
-                        "this coarse can change the result, record or export at 16 bits or more")
+        warnings.append(low_resolution_warning("8-bit", f"{given} array"))
     elif on_8bit_grid(arr) and float(np.max(np.abs(arr))) > SILENCE_PEAK:  # the same rule as decode's
         warnings.append(EIGHT_BIT_VALUES)
     return Recording(samples=arr, sample_rate=int(sample_rate), source=source, warnings=warnings)

@@ -66,68 +66,50 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "excerpt-10s"
 
+
+def _excerpt_steps(floor_db: float | None = None, normalise: str = "peak") -> list[dict]:
+    """The steps of the excerpt-10s family: >= 6 s, plateau clipping check, 0.5 s trimmed, an optional
+    common noise floor ``floor_db`` below the recording, 2 kHz band, 16 kHz, 5 s clips with 60%
+    overlap, each clip normalised by ``normalise`` (peak or rms)."""
+    return [
+        {"min-duration": {"seconds": 6.0}},
+        {"clipping": {"method": "plateau"}},
+        {"trim": {"seconds": 0.5}},
+        *([{"noise-floor": {"snr_db": floor_db}}] if floor_db is not None else []),
+        {"bandlimit": {"max_hz": 2000.0}},
+        {"resample": {"sample_rate": 16000}},
+        {"cut": {"seconds": 5.0, "overlap": 60.0}},
+        {"normalise": {"method": normalise}},
+    ]
+
+
 #: The built-in presets (canonical; configs/presets/*.yaml mirror them).
 BUILTIN_PRESETS: dict[str, dict] = {
     "excerpt-10s": {
         "description": ("Fits 10 s excerpts (the shared KAUH/ICBHI data): >= 6 s, clipping rejected (plateau "
                         "detector), 0.5 s trimmed each end, band-limited to 2 kHz so the sample rate cannot "
                         "stand in for the label, 16 kHz, three 5 s clips with 60% overlap, peak-normalised."),
-        "steps": [
-            {"min-duration": {"seconds": 6.0}},
-            {"clipping": {"method": "plateau"}},
-            {"trim": {"seconds": 0.5}},
-            {"bandlimit": {"max_hz": 2000.0}},
-            {"resample": {"sample_rate": 16000}},
-            {"cut": {"seconds": 5.0, "overlap": 60.0}},
-            {"normalise": {"method": "peak"}},
-        ],
+        "steps": _excerpt_steps(),
     },
     "excerpt-10s-floor": {
         "description": ("excerpt-10s with a common noise floor: the same white noise 35 dB below each "
                         "recording's RMS is added before band-limiting, so how silent a recording chain's "
                         "quietest moments are (a noise gate, a digital filter, 8-bit storage) cannot stand in "
                         "for the label. The default model's preset."),
-        "steps": [
-            {"min-duration": {"seconds": 6.0}},
-            {"clipping": {"method": "plateau"}},
-            {"trim": {"seconds": 0.5}},
-            {"noise-floor": {"snr_db": 35.0}},
-            {"bandlimit": {"max_hz": 2000.0}},
-            {"resample": {"sample_rate": 16000}},
-            {"cut": {"seconds": 5.0, "overlap": 60.0}},
-            {"normalise": {"method": "peak"}},
-        ],
+        "steps": _excerpt_steps(floor_db=35.0),
     },
     "excerpt-10s-floor20": {
         "description": ("excerpt-10s with a loud common floor and RMS levels: the same white noise 20 dB below "
                         "each recording's RMS is added before band-limiting, so noise 30 dB or more below the "
                         "signal (8-bit storage of most recordings, a noisier recorder) barely moves it, and each "
                         "clip is scaled to an RMS of 0.1 (a few clipped peaks cannot change its level)."),
-        "steps": [
-            {"min-duration": {"seconds": 6.0}},
-            {"clipping": {"method": "plateau"}},
-            {"trim": {"seconds": 0.5}},
-            {"noise-floor": {"snr_db": 20.0}},
-            {"bandlimit": {"max_hz": 2000.0}},
-            {"resample": {"sample_rate": 16000}},
-            {"cut": {"seconds": 5.0, "overlap": 60.0}},
-            {"normalise": {"method": "rms"}},
-        ],
+        "steps": _excerpt_steps(floor_db=20.0, normalise="rms"),
     },
     "excerpt-10s-floor-rms": {
         "description": ("excerpt-10s-floor with RMS levels: the same white noise 35 dB below each recording's "
                         "RMS before band-limiting, and each clip scaled to an RMS of 0.1, so a few clipped "
                         "peaks (a recording made 6 dB too loud) cannot change a clip's level."),
-        "steps": [
-            {"min-duration": {"seconds": 6.0}},
-            {"clipping": {"method": "plateau"}},
-            {"trim": {"seconds": 0.5}},
-            {"noise-floor": {"snr_db": 35.0}},
-            {"bandlimit": {"max_hz": 2000.0}},
-            {"resample": {"sample_rate": 16000}},
-            {"cut": {"seconds": 5.0, "overlap": 60.0}},
-            {"normalise": {"method": "rms"}},
-        ],
+        "steps": _excerpt_steps(floor_db=35.0, normalise="rms"),
     },
     "paper": {
         "description": ("The paper's values: >= 14 s, clipping rejected (with the working plateau detector: the "
