@@ -306,6 +306,33 @@ def on_8bit_grid(samples: np.ndarray) -> bool:
     return bool(np.all(np.abs(scaled - np.round(scaled)) <= 1.5 / 256))
 
 
+def stored_bits(samples: np.ndarray) -> int | None:
+    """The fewest bits (8-12) whose grid every sample sits on (multiples of 2^-(bits-1) of full scale,
+    within 1.5 16-bit steps, as :func:`on_8bit_grid`), or None for finer samples (a 16-bit file). Audio that
+    passed through coarse storage keeps its grid whatever its container says now; two 8-bit channels
+    mixed to mono sit on the 9-bit grid."""
+    x = np.asarray(samples, dtype=np.float64)
+    if not len(x):
+        return None
+    for bits in range(8, 13):  # finer grids are not told apart from 16 bits within that tolerance
+        scaled = x * 2.0 ** (bits - 1)
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1.5 * 2.0 ** (bits - 16)):
+            return bits
+    return None
+
+
+def quantisation_snr_db(samples: np.ndarray) -> float | None:
+    """How far (dB) the quantisation noise of the grid the samples sit on (:func:`stored_bits`) lies
+    below their RMS; None for samples finer than 12 bits (a 16-bit file), whose grid is not detected."""
+    bits = stored_bits(samples)
+    if bits is None:
+        return None
+    x = np.asarray(samples, dtype=np.float64)
+    rms = float(np.sqrt(np.mean(x ** 2)))
+    noise = 2.0 ** (1 - bits) / np.sqrt(12.0)  # a uniform error of one step
+    return float(20.0 * np.log10(max(rms, 1e-30) / noise))
+
+
 def low_resolution_warning(kind: str, what: str) -> str:
     """The ``degraded`` warning of audio stored with too few bits (a file's subtype, an array's dtype)."""
     return (f"degraded: {kind} samples ({what}); quantisation noise this coarse can change the result, "

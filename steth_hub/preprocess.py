@@ -182,6 +182,11 @@ class NoiseFloor:
     (``bench/bench_robustness.py``). A common floor ``snr_db`` below the signal masks any quieter
     one. The noise comes from a fixed seed, so screening stays deterministic; put the step before
     ``bandlimit`` so the floor shares the signal's band.
+
+    A recording stored with so few bits that its quantisation noise is louder than the floor (an
+    8-bit file, or audio re-encoded from one: :func:`steth_hub.audio.quantisation_snr_db`) is
+    refused (``code="degraded"``): the floor cannot mask that noise, and it moves the models'
+    results (``bench/bench_robustness.py``, configs/README.md "Gentle fine-tuning").
     """
 
     def __init__(self, snr_db: float = 35.0, seed: int = 0):
@@ -194,12 +199,28 @@ class NoiseFloor:
         out = []
         for clip in clips:
             x = np.asarray(clip.samples, dtype=np.float32)
+            self._check_resolution(clip, x)
             rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
             noise = np.random.default_rng(self.params["seed"]).standard_normal(len(x)).astype(np.float32)
             level = rms * 10.0 ** (-self.params["snr_db"] / 20.0)
             out.append(Clip((x + level * noise).astype(np.float32), clip.sample_rate, clip.recording_id, clip.start,
                             clip.index))
         return out
+
+
+    def _check_resolution(self, clip: Clip, x: np.ndarray) -> None:
+        from steth_hub.audio import SILENCE_PEAK, quantisation_snr_db, stored_bits
+
+        if not len(x) or float(np.max(np.abs(x))) <= SILENCE_PEAK:
+            return  # silence is another rule's business
+        snr = quantisation_snr_db(x)
+        if snr is not None and snr < self.params["snr_db"]:
+            raise RecordingRejected(
+                f"degraded: the samples sit on the {stored_bits(x)}-bit grid, and its quantisation noise is "
+                f"only {snr:.0f} dB below the recording, louder than this model's noise floor "
+                f"({self.params['snr_db']:g} dB below); such noise changes the result",
+                path=clip.recording_id, code="degraded",
+                fix="use the original recording, or record (or export) at 16 bits or more")
 
 
 def _fit_length(samples: np.ndarray, n: int) -> np.ndarray:

@@ -183,6 +183,14 @@ def audio_8bit_values_in_16bit(tmp):
 
 
 @case
+def audio_8bit_quiet_floor_model(tmp):
+    quiet = EXAMPLES / "kauh" / "EP38_Asthma,E W,P R M,38,M_middle10sec.wav"  # 8-bit noise 21 dB below it
+    x, rate = sf.read(quiet, dtype="float32")
+    sf.write(tmp / "u8.wav", x, rate, subtype="PCM_U8")
+    return screen(tmp / "u8.wav", tmp, "--model", "steth/efficientat-asthma-floor")
+
+
+@case
 def audio_8bit_values_in_an_array(tmp):
     from steth_hub.audio import from_array
 

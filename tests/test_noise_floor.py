@@ -47,3 +47,65 @@ def test_a_quieter_change_of_the_floor_is_masked():
 def test_bad_settings_name_the_fix():
     with pytest.raises(ConfigError, match="snr_db"):
         NoiseFloor(snr_db=5)
+
+
+def _requantised(x, bits):
+    step = 2.0 ** (1 - bits)
+    return np.clip(np.round(np.asarray(x, np.float64) / step) * step, -1.0, 1.0 - step).astype(np.float32)
+
+
+def test_the_grid_and_its_noise_are_found_on_real_recordings(example_wavs):
+    from steth_hub.audio import decode, quantisation_snr_db, stored_bits
+
+    rec = decode(next(p for p in example_wavs if "EP38" in p.name))
+    assert stored_bits(rec.samples) is None and quantisation_snr_db(rec.samples) is None  # a 16-bit file
+    q8 = _requantised(rec.samples, 8)
+    assert stored_bits(q8) == 8
+    assert stored_bits(_requantised(rec.samples, 12)) == 12
+    # two 8-bit channels mixed to mono sit on the 9-bit grid
+    assert stored_bits(0.5 * (q8 + _requantised(rec.samples[::-1].copy(), 8))) == 9
+    # the estimate is the noise the requantisation really added (a uniform error of one step)
+    x = rec.samples.astype(np.float64)
+    measured = 10 * np.log10(np.mean(x ** 2) / np.mean((q8 - x) ** 2))
+    assert quantisation_snr_db(q8) == pytest.approx(measured, abs=1.5)
+
+
+def test_storage_noise_louder_than_the_floor_is_refused_and_quieter_passes(example_wavs):
+    from steth_hub.audio import decode, quantisation_snr_db
+    from steth_hub.errors import RecordingRejected
+
+    rec = decode(next(p for p in example_wavs if "EP38" in p.name))
+    q8 = _requantised(rec.samples, 8)
+    snr = quantisation_snr_db(q8)
+    assert 15 < snr < 35  # a typical KAUH recording: 8-bit noise is louder than the 35 dB floor
+    with pytest.raises(RecordingRejected, match=r"EP38.*8-bit grid.*louder than this model's noise floor") as err:
+        NoiseFloor(snr_db=35.0)([Clip(q8, rec.sample_rate, str(rec.source), 0.0, 0)])
+    assert err.value.code == "degraded" and "16 bits" in err.value.fix
+    assert len(NoiseFloor(snr_db=snr - 3)([_clip(q8, rec.sample_rate)])) == 1  # a floor loud enough masks it
+    loud = _requantised(rec.samples / np.max(np.abs(rec.samples)) * 0.99, 8)  # 8 bits used to full scale
+    assert quantisation_snr_db(loud) > snr + 6  # the same bits, further below a louder recording
+    assert len(NoiseFloor(snr_db=snr + 3)([_clip(loud, rec.sample_rate)])) == 1
+    with pytest.raises(RecordingRejected):
+        NoiseFloor(snr_db=snr + 3)([_clip(q8, rec.sample_rate)])
+    assert len(NoiseFloor(snr_db=35.0)([_clip(rec.samples, rec.sample_rate)])) == 1  # the 16-bit original
+    assert len(NoiseFloor(snr_db=35.0)([_clip(np.zeros(4000), 4000)])) == 1  # silence: another rule's business
+
+
+@pytest.mark.slow
+def test_a_floor_model_refuses_a_quiet_8_bit_file_and_the_batch_goes_on(example_wavs, tmp_path):
+    import soundfile as sf
+
+    import steth_hub
+    from steth_hub.errors import RecordingRejected
+    from steth_hub.screening import screen_many
+
+    src = next(p for p in example_wavs if "EP38" in p.name)
+    x, rate = sf.read(src, dtype="float32")
+    sf.write(tmp_path / "quiet-u8.wav", x, rate, subtype="PCM_U8")
+    with pytest.raises(RecordingRejected, match="quiet-u8.wav.*8-bit grid") as err:
+        steth_hub.screen(tmp_path / "quiet-u8.wav", model="steth/efficientat-asthma-floor")
+    assert err.value.code == "degraded"
+    results, failures = screen_many([tmp_path / "quiet-u8.wav", src], model="steth/efficientat-asthma-floor",
+                                  progress=False)
+    assert len(results) == 1 and [f["code"] for f in failures] == ["degraded"]
+    assert failures[0]["source"].endswith("quiet-u8.wav")
