@@ -262,6 +262,39 @@ def test_fine_tuning_learns_on_real_clips_and_changes_every_tensor(tmp_path, exa
     assert p[example_clips.labels == 1].mean() > p[example_clips.labels == 0].mean()
 
 
+def test_pretrained_batch_norm_keeps_audioset_statistics_while_the_weights_learn(tmp_path, example_clips, mn04_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from steth_hub.classifier import load_classifier
+    from steth_hub.registry import get_registry
+
+    cls = get_registry().get("classifier", "efficientat").load()
+    model = cls.from_config({"weights": str(mn04_dir / "model.safetensors"), "mode": "finetune", "C": 0.01,
+                             "batch_norm": "pretrained"})
+    recipe = {"num_train_epochs": 2, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+              "learning_rate": 1e-3, "encoder_lr_scale": 0.3, "warmup_ratio": 0.0, "logging_steps": 1,
+              "save_steps": 100, "seed": 3, "disable_tqdm": True, "augment": {"time_mask": 20, "mixup_alpha": 0.2}}
+    model.fit(example_clips, recipe=recipe, out_dir=tmp_path / "ckpt")
+    state = model.net.state_dict()
+    distributed = load_file(str(mn04_dir / "model.safetensors"))
+    stats = [k for k in distributed if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in distributed if k.endswith("weight") and k.startswith("features")]
+    assert stats and all(torch_equal(state[f"encoder.{k}"], distributed[k]) for k in stats)
+    assert not [k for k in weights if torch_equal(state[f"encoder.{k}"], distributed[k])]  # every weight learnt
+    assert not model.net.training
+    model.net.train()
+    assert model.net.training and not any(m.training for m in model.net.modules()
+                                          if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    model.net.eval()
+    model.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["net"]["batch_norm"] == "pretrained"
+    loaded = load_classifier(tmp_path / "model")
+    np.testing.assert_allclose(loaded.predict_proba(example_clips.waveforms), model.predict_proba(example_clips.waveforms),
+                               atol=1e-6)
+    assert loaded.net.keep_batch_norm_statistics  # training it further keeps them too
+
+
 def test_consistency_needs_fine_tuning(example_clips, mn04_dir, tmp_path):
     from steth_hub.registry import get_registry
 
@@ -291,6 +324,8 @@ def test_config_errors_name_the_setting():
         cls.from_config({"widht": 0.4})
     with pytest.raises(ConfigError, match="mode 'probe'"):
         cls.from_config({"mode": "probe"})
+    with pytest.raises(ConfigError, match="batch_norm.*adapt.*pretrained"):
+        cls.from_config({"batch_norm": "frozen"})
     with pytest.raises(ConfigError, match="C must be a positive number"):
         cls.from_config({"C": "strong"})
     with pytest.raises(ConfigError, match="frozen efficientat model needs pretrained encoder weights"):

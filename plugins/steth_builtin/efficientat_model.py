@@ -16,7 +16,11 @@ Two modes (``mode`` in the config, or the recipe):
 * ``finetune``: the frozen probe first (the head starts where the probe ended: "LP-FT"), then the
   whole network is trained with the project's Trainer loop (:func:`steth_hub.train.fit_torch`),
   the encoder at ``encoder_lr_scale`` times the head's learning rate, with the recipe's SpecAugment
-  masks and mixup, batch-norm statistics adapting to the data.
+  masks and mixup. ``batch_norm``: ``adapt`` (the default) lets the batch-norm statistics follow
+  the training clips; ``pretrained`` keeps AudioSet's statistics while every weight is trained
+  (the usual practice for small data). On the shared recordings, fine-tuning moved the weights by
+  about 0.01-0.1% but the batch-norm variances by about 22%, and the adapted models were far more
+  sensitive to added noise than the frozen encoder (configs/README.md, "Pretrained statistics").
 
 Nothing is downloaded: ``weights`` names the published encoder as a local safetensors file
 (``../shared/models/efficientat-mn04-as/model.safetensors``), loaded strictly. A saved folder is
@@ -36,8 +40,10 @@ from steth_hub.errors import ConfigError, ModelError
 from steth_hub.torch_classifier import TorchClassifier
 
 OWN_KEYS = {"encoder", "width_mult", "weights", "mode", "C", "audioset_logits", "front_end", "sample_rate",
-            "preset", "dropout"}
+            "preset", "dropout", "batch_norm"}
 MODES = ("frozen", "finetune")
+#: what fine-tuning does with the encoder's batch-norm statistics
+BATCH_NORM = ("adapt", "pretrained")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 #: EfficientAT, credited in every card of a model built on it
@@ -54,8 +60,10 @@ def _network_class():
     class EfficientATAsthma(nn.Module):
         """Encoder -> [mean, max pooled feature map, AudioSet logits] -> standardise -> Linear(2)."""
 
-        def __init__(self, width_mult: float = 0.4, audioset_logits: bool = True, dropout: float = 0.0):
+        def __init__(self, width_mult: float = 0.4, audioset_logits: bool = True, dropout: float = 0.0,
+                     batch_norm: str = "adapt"):
             super().__init__()
+            self.keep_batch_norm_statistics = batch_norm == "pretrained"
             self.encoder = build_network(width_mult)
             if not audioset_logits:  # no AudioSet head at all: nothing kept untrained
                 self.encoder.classifier = nn.Identity()
@@ -77,6 +85,16 @@ def _network_class():
         def forward(self, x):
             z = (self.embed(x) - self.embedding_mean) / self.embedding_std
             return self.head(self.dropout(z))
+
+        def train(self, mode: bool = True):
+            """As nn.Module.train; with ``batch_norm: pretrained`` the batch-norm layers stay in eval mode
+            (their running statistics are used and never updated; their scale and shift still learn)."""
+            super().train(mode)
+            if mode and self.keep_batch_norm_statistics:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+            return self
 
     return EfficientATAsthma
 
@@ -105,7 +123,8 @@ class EfficientATClassifier(TorchClassifier):
     # -- building ---------------------------------------------------------------
     @classmethod
     def from_config(cls, config: dict) -> "EfficientATClassifier":
-        """``encoder`` (mn04...) or ``width_mult``; ``weights`` (local safetensors); ``mode``; ``C``; ``audioset_logits``."""
+        """``encoder`` (mn04...) or ``width_mult``; ``weights`` (local safetensors); ``mode``; ``C``;
+        ``audioset_logits``; ``batch_norm`` (``adapt`` or ``pretrained``, for fine-tuning)."""
         from steth_builtin.efficientat_net import load_encoder_weights, width_of
 
         config = copy.deepcopy(config or {})
@@ -124,9 +143,14 @@ class EfficientATClassifier(TorchClassifier):
         if not np.isfinite(C) or C <= 0:
             raise ConfigError(f"efficientat C must be a positive number, got {config.get('C')!r}",
                               fix="e.g. C: 0.05 (smaller: stronger regularisation)")
+        batch_norm = str(config.get("batch_norm", "adapt"))
+        if batch_norm not in BATCH_NORM:
+            raise ConfigError(f"efficientat batch_norm {config.get('batch_norm')!r} is not one of {', '.join(BATCH_NORM)}",
+                              fix="use batch_norm: adapt (statistics follow the training clips) or pretrained "
+                                  "(AudioSet's statistics kept while the weights are fine-tuned)")
         width = width_of(config.get("width_mult", config.get("encoder", "mn04")))
         net_config = {"width_mult": width, "audioset_logits": bool(config.get("audioset_logits", True)),
-                      "dropout": float(config.get("dropout", 0.0))}
+                      "dropout": float(config.get("dropout", 0.0)), "batch_norm": batch_norm}
         net = _network_class()(**net_config)
         if config.get("weights"):
             load_encoder_weights(net.encoder, Path(config["weights"]).expanduser())
@@ -321,7 +345,10 @@ class EfficientATClassifier(TorchClassifier):
             config = json.loads(path.read_text(encoding="utf-8"))
             net_config = {"width_mult": float(config["net"]["width_mult"]),
                           "audioset_logits": bool(config["net"].get("audioset_logits", True)),
-                          "dropout": float(config["net"].get("dropout", 0.0))}
+                          "dropout": float(config["net"].get("dropout", 0.0)),
+                          "batch_norm": str(config["net"].get("batch_norm", "adapt"))}
+            if net_config["batch_norm"] not in BATCH_NORM:
+                raise ValueError(f"batch_norm {net_config['batch_norm']!r}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"cannot read the efficientat {CONFIG_FILE} ({type(exc).__name__}: {exc})", path=path,
                              fix="save the model again with steth-hub") from exc
