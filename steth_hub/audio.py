@@ -308,12 +308,17 @@ def on_8bit_grid(samples: np.ndarray) -> bool:
 
 def stored_bits(samples: np.ndarray) -> int | None:
     """The fewest bits (8-12) whose grid every sample sits on (multiples of 2^-(bits-1) of full scale,
-    within 1.5 16-bit steps, as :func:`on_8bit_grid`), or None for finer samples (a 16-bit file). Audio that
-    passed through coarse storage keeps its grid whatever its container says now; two 8-bit channels
-    mixed to mono sit on the 9-bit grid."""
-    x = np.asarray(samples, dtype=np.float64)
-    if not len(x):
-        return None
+    within 1.5 16-bit steps, as :func:`on_8bit_grid`), or None for finer samples (a 16-bit file), for
+    integer arrays and for near-silence. Audio that passed through coarse storage keeps its grid
+    whatever its container says now, until it is resampled, re-levelled or lossy-encoded. Two 8-bit
+    channels mixed to mono sit on the 9-bit grid (the noise estimate is then about 3 dB
+    optimistic); three or more channels mixed leave no grid this finds."""
+    arr = np.asarray(samples)
+    if not len(arr) or not np.issubdtype(arr.dtype, np.floating):
+        return None  # integer samples: scale them to full scale first (from_array does)
+    x = arr.astype(np.float64)
+    if float(np.max(np.abs(x))) <= 4 * 2.0 ** -15:
+        return None  # a few 16-bit steps at most: every grid fits, nothing can be told
     for bits in range(8, 13):  # finer grids are not told apart from 16 bits within that tolerance
         scaled = x * 2.0 ** (bits - 1)
         if np.all(np.abs(scaled - np.round(scaled)) <= 1.5 * 2.0 ** (bits - 16)):

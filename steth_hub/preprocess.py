@@ -217,7 +217,7 @@ class NoiseFloor:
         if snr is not None and snr < self.params["snr_db"]:
             raise RecordingRejected(
                 f"degraded: the samples sit on the {stored_bits(x)}-bit grid, and its quantisation noise is "
-                f"only {snr:.0f} dB below the recording, louder than this model's noise floor "
+                f"only {snr:.1f} dB below the recording, louder than this model's noise floor "
                 f"({self.params['snr_db']:g} dB below); such noise changes the result",
                 path=clip.recording_id, code="degraded",
                 fix="use the original recording, or record (or export) at 16 bits or more")

@@ -62,6 +62,8 @@ def test_the_grid_and_its_noise_are_found_on_real_recordings(example_wavs):
     q8 = _requantised(rec.samples, 8)
     assert stored_bits(q8) == 8
     assert stored_bits(_requantised(rec.samples, 12)) == 12
+    assert stored_bits((q8 * 32767).astype(np.int16)) is None  # integers: not full-scale samples
+    assert stored_bits(np.full(100, 2.0 ** -14, np.float32)) is None  # near-silence fits every grid
     # two 8-bit channels mixed to mono sit on the 9-bit grid
     assert stored_bits(0.5 * (q8 + _requantised(rec.samples[::-1].copy(), 8))) == 9
     # the estimate is the noise the requantisation really added (a uniform error of one step)
