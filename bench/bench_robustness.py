@@ -217,8 +217,11 @@ def main(argv=None) -> int:
     if args.out:
         from steth_hub.fileio import atomic_write_json
 
+        training = dict((getattr(model, "metadata", None) or {}).get("training") or {})
+        trained = {"recipe": (training.get("experiment") or {}).get("name"), "epochs": training.get("epochs"),
+                   "global_step": training.get("global_step"), "n_patients": training.get("n_patients")}
         atomic_write_json(args.out, {
-            "benchmark": "robustness", "model": args.model, "plugin": model.plugin_name,
+            "benchmark": "robustness", "model": args.model, "plugin": model.plugin_name, "trained": trained,
             "threshold": threshold, "threshold_from": "model" if args.threshold is None else "--threshold",
             "data": where, "n_files": len(files),
             "clean_rejected": clean_rejected, "seed": args.seed, "seconds": round(seconds, 1),

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import steth_hub
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -59,6 +61,8 @@ def test_a_run_on_the_examples_writes_every_condition(tmp_path, examples_dir, ca
     assert eight["warned"] == eight["n"] > 0 and eight["silent_flips"] == 0  # steth screen flags every one
     assert all(rows[c]["warned"] == 0 for c in ("noise 60 dB SNR", "noise 40 dB SNR", "gain -6 dB"))
     assert all(r["silent_flips"] <= r["flips"] for r in result["results"])
+    shipped = json.loads((Path(steth_hub.__file__).parent / "models" / "ast-asthma" / "steth.json").read_text())
+    assert result["trained"]["epochs"] == shipped["training"]["epochs"]  # the report says which model it measured
 
 
 def test_a_given_threshold_replaces_the_models(tmp_path, examples_dir, one_torch_thread):
