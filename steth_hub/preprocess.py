@@ -207,7 +207,6 @@ class NoiseFloor:
                             clip.index))
         return out
 
-
     def _check_resolution(self, clip: Clip, x: np.ndarray) -> None:
         from steth_hub.audio import SILENCE_PEAK, quantisation_snr_db, stored_bits
 
