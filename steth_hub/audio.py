@@ -302,8 +302,13 @@ def _read_blocks(fh, name: str, channels: int, declared_frames: int, max_samples
 def on_8bit_grid(samples: np.ndarray) -> bool:
     """Whether every sample is a multiple of 1/128 of full scale (within 1.5 16-bit steps; full
     scale is 32767): audio that passed through 8-bit storage, whatever its container says now."""
-    scaled = np.asarray(samples, dtype=np.float32) * 128.0
-    return bool(np.all(np.abs(scaled - np.round(scaled)) <= 1.5 / 256))
+    return _on_grid(np.asarray(samples, dtype=np.float32), 8)
+
+
+def _on_grid(x: np.ndarray, bits: int) -> bool:
+    """Whether every sample is a multiple of 2^-(bits-1) of full scale, within 1.5 16-bit steps."""
+    scaled = x * 2.0 ** (bits - 1)
+    return bool(np.all(np.abs(scaled - np.round(scaled)) <= 1.5 * 2.0 ** (bits - 16)))
 
 
 def stored_bits(samples: np.ndarray) -> int | None:
@@ -319,16 +324,13 @@ def stored_bits(samples: np.ndarray) -> int | None:
     x = arr.astype(np.float64)
     if float(np.max(np.abs(x))) <= 4 * 2.0 ** -15:
         return None  # a few 16-bit steps at most: every grid fits, nothing can be told
-    for bits in range(8, 13):  # finer grids are not told apart from 16 bits within that tolerance
-        scaled = x * 2.0 ** (bits - 1)
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1.5 * 2.0 ** (bits - 16)):
-            return bits
-    return None
+    # finer grids are not told apart from 16 bits within that tolerance
+    return next((bits for bits in range(8, 13) if _on_grid(x, bits)), None)
 
 
 def quantisation_snr_db(samples: np.ndarray) -> float | None:
     """How far (dB) the quantisation noise of the grid the samples sit on (:func:`stored_bits`) lies
-    below their RMS; None for samples finer than 12 bits (a 16-bit file), whose grid is not detected."""
+    below their RMS; None where :func:`stored_bits` finds no grid (a 16-bit file, near-silence)."""
     bits = stored_bits(samples)
     if bits is None:
         return None
