@@ -106,6 +106,53 @@ def epochs_from_evaluation(report: dict) -> float | None:
     return round(float(np.median(best)), 1) if best else None
 
 
+def fold_seed_facts(report: dict) -> dict:
+    """What a final model takes from one cross-validation report: its fold seed, its out-of-fold
+    threshold and its folds' best epochs."""
+    protocol = report.get("protocol") if isinstance(report.get("protocol"), dict) else {}
+    per_fold = ((report.get("model") or {}).get("per_fold")) or []
+    return {"seed": protocol.get("seed"), "threshold": float(report["recommended_threshold"]),
+            "best_epochs": [float(row["best_epoch"]) for row in per_fold if row.get("best_epoch") is not None]}
+
+
+def combine_evaluations(reports: list[dict], *, experiment: str | None = None,
+                        sources: list | None = None) -> dict:
+    """The threshold and the stopping epoch of a final model from one or more fold seeds' reports.
+
+    One report: its threshold and its folds' median best epoch (:func:`epochs_from_evaluation`).
+    Several (the same recipe, different fold seeds): the median of their out-of-fold thresholds,
+    and the median best epoch over all their folds; one fold seed's threshold is itself uncertain.
+    A report of another experiment, or a fold seed given twice, is a :class:`ConfigError` naming
+    the file (``sources``, in the order of ``reports``).
+    """
+    sources = list(sources) if sources is not None else [None] * len(reports)
+    if not reports:
+        raise ConfigError("no evaluation report given", fix="pass the evaluation.json of `steth evaluate`")
+    seen: dict = {}
+    for report, where in zip(reports, sources):
+        name = (report.get("experiment") or {}).get("name") if isinstance(report.get("experiment"), dict) else None
+        if experiment is not None and name is not None and str(name) != str(experiment):
+            raise ConfigError(f"this evaluation report is of experiment {name!r}, not {experiment!r}", path=where,
+                              fix=f"pass the evaluation.json that `steth evaluate` wrote for {experiment!r}")
+        seed = fold_seed_facts(report)["seed"]
+        if len(reports) > 1 and seed is not None and seed in seen:
+            raise ConfigError(f"fold seed {seed} is given twice (also in {seen[seed] or 'another report'})",
+                              path=where, fix="pass each fold seed's evaluation.json once")
+        seen[seed] = where
+    facts = [fold_seed_facts(report) for report in reports]
+    if len(reports) == 1:
+        return {"threshold": facts[0]["threshold"], "epochs": epochs_from_evaluation(reports[0]),
+                "threshold_from": "cross-validation: max Youden's J on the pooled out-of-fold recording probabilities",
+                "fold_seeds": facts}
+    best = [e for f in facts for e in f["best_epochs"]]
+    seeds = ", ".join(str(f["seed"]) for f in facts)
+    return {"threshold": float(np.median([f["threshold"] for f in facts])),
+            "epochs": round(float(np.median(best)), 1) if best else None,
+            "threshold_from": (f"cross-validation: the median over fold seeds {seeds} of each seed's max Youden's J "
+                               "on its pooled out-of-fold recording probabilities"),
+            "fold_seeds": facts}
+
+
 def read_evaluation(path: str | os.PathLike) -> dict:
     """An ``evaluation.json`` written by ``steth evaluate`` (errors name the file)."""
     import json
@@ -169,10 +216,12 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
       patients, stratified by label, is held out for early stopping and the threshold;
       with 0 every patient trains for the recipe's epochs.
     * ``evaluation``: a cross-validation report (``evaluation.json`` of ``steth evaluate``, or
-      its dict). The threshold becomes its maximum Youden's J on the pooled out-of-fold recording
-      probabilities (honest unseen predictions); unless ``epochs`` is given, training stops at
-      the median best epoch of its folds on the recipe's own schedule (as each fold did); the
-      report is stored in ``steth.json``.
+      its dict), or a list of them (fold seeds of the same recipe). The threshold becomes the
+      maximum Youden's J on the pooled out-of-fold recording probabilities (honest unseen
+      predictions; with several reports, the median over them); unless ``epochs`` is given,
+      training stops at the median best epoch of the folds on the recipe's own schedule (as each
+      fold did). The first report is stored in ``steth.json``, each seed's threshold and best epochs
+      under ``training.fold_seeds`` (:func:`combine_evaluations`).
     * Checkpoints go to ``checkpoints`` (default ``OUT.checkpoints``); ``resume`` continues from the
       last one.
     * ``dataset``: the corpus rows; the card's training-data summary then counts exactly the
@@ -188,8 +237,13 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
                        evaluation=evaluation, checkpoints=checkpoints, overwrite=overwrite)
     preset = load_preset(preset if preset is not None else experiment.preset)
     recipe = dict(experiment.recipe)
-    report = read_evaluation(evaluation) if isinstance(evaluation, (str, os.PathLike)) else evaluation
-    stop = epochs_from_evaluation(report) if epochs is None and report is not None else None
+    given = list(evaluation) if isinstance(evaluation, (list, tuple)) else ([] if evaluation is None else [evaluation])
+    reports = [read_evaluation(e) if isinstance(e, (str, os.PathLike)) else e for e in given]
+    combined = (combine_evaluations(reports, experiment=experiment.name,
+                                    sources=[e if isinstance(e, (str, os.PathLike)) else None for e in given])
+                if reports else None)
+    report = reports[0] if reports else None
+    stop = combined["epochs"] if epochs is None and combined is not None else None
     if stop is not None:  # the folds' schedule, stopped where the folds were best
         recipe["stop_at_epoch"] = min(stop, float(recipe.get("num_train_epochs", stop)))
     if epochs is not None:
@@ -221,11 +275,10 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
     work = Path(checkpoints) if checkpoints else out.with_name(out.name + ".checkpoints")
     history = model.fit(train_set, valid_set, recipe, work)
 
-    if report is not None:
-        model.threshold = float(report["recommended_threshold"])
+    if combined is not None:
+        model.threshold = combined["threshold"]
         history["threshold"] = model.threshold
-        history["threshold_from"] = ("cross-validation: max Youden's J on the pooled out-of-fold "
-                                     "recording probabilities")
+        history["threshold_from"] = combined["threshold_from"]
     model.metadata["training"] = dict(model.metadata.get("training") or {}, **{
         "experiment": experiment.to_dict(),
         "recipe": {k: v for k, v in recipe.items() if k != "resume"},
@@ -236,6 +289,7 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
         "epochs_from": ("stopped at the median best epoch of the cross-validation folds, on the recipe's schedule"
                         if stop is not None else "recipe or command line"),
         "threshold_from": history.get("threshold_from"),
+        **({"fold_seeds": combined["fold_seeds"]} if combined is not None else {}),
         "train_loss": history.get("train_loss"),
         "device": history.get("device"),
         "train_seconds": history.get("train_seconds"),
@@ -260,8 +314,9 @@ def check_model_output(out, *, experiment=None, corpus=None, evaluation=None, ch
     from steth_hub.fileio import check_output_folder
 
     inputs = [corpus, getattr(experiment, "source", None), checkpoints]
-    if isinstance(evaluation, (str, os.PathLike)):
-        inputs.append(evaluation)
+    for report in (evaluation if isinstance(evaluation, (list, tuple)) else [evaluation]):
+        if isinstance(report, (str, os.PathLike)):
+            inputs.append(report)
     return check_output_folder(out, [i for i in inputs if i], markers=(STETH_METADATA,), overwrite=overwrite,
                                what="model")
 

@@ -304,3 +304,73 @@ def test_epochs_and_threshold_come_from_an_evaluation_report(tmp_path):
     path.write_text("{}")
     with pytest.raises(ConfigError, match="evaluation report"):
         read_evaluation(path)
+
+
+def _report(name: str, seed: int, threshold: float, best_epochs) -> dict:
+    """The parts of a `steth evaluate` report that a final model takes from it."""
+    return {"name": name, "experiment": {"name": name}, "protocol": {"seed": seed},
+            "recommended_threshold": threshold, "model": {"per_fold": [{"best_epoch": e} for e in best_epochs]}}
+
+
+def test_several_fold_seeds_give_the_median_threshold_and_the_median_best_epoch_over_all_folds():
+    from steth_hub.experiment import combine_evaluations
+
+    reports = [_report("r", 3, 0.30, [1.0, 2.0, 9.0]), _report("r", 4, 0.50, [0.5, 1.5]),
+               _report("r", 5, 0.45, [4.0])]
+    combined = combine_evaluations(reports, experiment="r")
+    assert combined["threshold"] == pytest.approx(0.45)  # not the first seed's 0.30, nor the mean 0.4167
+    assert combined["epochs"] == 1.8                      # median of the six folds, one decimal
+    assert [f["seed"] for f in combined["fold_seeds"]] == [3, 4, 5]
+    assert "fold seeds 3, 4, 5" in combined["threshold_from"]
+    one = combine_evaluations(reports[:1], experiment="r")  # one report: exactly what it says
+    assert one["threshold"] == 0.30 and one["epochs"] == 2.0
+    with pytest.raises(ConfigError, match="fold seed 3 is given twice"):
+        combine_evaluations([reports[0], dict(reports[0])], experiment="r", sources=["a.json", "b.json"])
+    with pytest.raises(ConfigError, match="experiment 'r', not 'other'"):
+        combine_evaluations(reports, experiment="other")
+
+
+def test_steth_train_takes_several_fold_seeds_reports(example_corpus, tmp_path):
+    from steth_hub.cli import main
+
+    config = tmp_path / "mfcc-logreg.yaml"
+    config.write_text("name: mfcc-logreg\nclassifier: mfcc-logreg\npreset: excerpt-10s\nrecipe: {}\n")
+    paths = []
+    for seed, threshold in ((3, 0.62), (4, 0.31), (5, 0.47)):
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(json.dumps(_report("mfcc-logreg", seed, threshold, [])))
+        paths += ["--evaluation", str(path)]
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--corpus", str(example_corpus),
+                                       "--out", str(out), "--quiet", *paths])
+    assert result.exit_code == 0, result.output
+    assert "threshold 0.470" in result.output and "median over fold seeds 3, 4, 5" in result.output
+    meta = json.loads((out / "steth.json").read_text())
+    assert meta["threshold"] == pytest.approx(0.47)
+    assert [f["threshold"] for f in meta["training"]["fold_seeds"]] == [0.62, 0.31, 0.47]
+    assert meta["evaluation"]["protocol"]["seed"] == 3  # the first report is the one the card quotes
+
+    # a report of another recipe is refused before any training, naming the file
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_report("efficientat-asthma", 0, 0.5, [])))
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--corpus", str(example_corpus),
+                                       "--out", str(tmp_path / "m2"), "--quiet", "--evaluation", str(other)])
+    assert result.exit_code == 2 and "other.json" in result.output and "'efficientat-asthma'" in result.output
+    assert not (tmp_path / "m2").exists()
+
+
+def test_a_final_model_stops_at_the_folds_median_best_epoch_on_the_recipes_schedule(few_clips, tmp_path):
+    from steth_hub.experiment import train_on_clips
+
+    experiment = {"name": "tiny", "classifier": "ast", "model": {"size": "tiny", "num_hidden_layers": 1},
+                  "preset": "excerpt-10s",
+                  "recipe": dict(FAST, num_train_epochs=4, lr_scheduler_type="linear", save_steps=100)}
+    reports = [_report("tiny", 1, 0.4, [1.0, 3.0]), _report("tiny", 2, 0.6, [1.0])]
+    model, history = train_on_clips(experiment, few_clips, tmp_path / "model", evaluation=reports,
+                                    valid_fraction=0.0, progress=False)
+    assert history["epochs"] == pytest.approx(1.0)  # 3 steps of 12 clips in batches of 4, then stopped
+    lrs = [e["learning_rate"] for e in history["log_history"] if "learning_rate" in e]
+    # the learning rate follows the 4-epoch schedule (3/4 of the peak left after epoch 1), not a 1-epoch one
+    assert lrs[-1] > 0.5 * FAST["learning_rate"]
+    assert model.threshold == pytest.approx(0.5)
+    assert model.metadata["training"]["recipe"]["stop_at_epoch"] == 1.0

@@ -18,10 +18,12 @@ import click
 @click.option("--valid-fraction", type=float, default=None,
               help="Share of patients held out for early stopping and the threshold "
                    "(default 0.2 when the recipe early-stops, else 0: train on every patient).")
-@click.option("--evaluation", type=click.Path(dir_okay=False), default=None,
+@click.option("--evaluation", type=click.Path(dir_okay=False), multiple=True,
               help="evaluation.json of `steth evaluate` on this config: the threshold (max Youden's J on the "
                    "pooled out-of-fold recordings) comes from it; unless --epochs is given, training stops at "
-                   "the folds' median best epoch on the recipe's schedule; the report goes into steth.json.")
+                   "the folds' median best epoch on the recipe's schedule; the report goes into steth.json. "
+                   "Repeat it for several fold seeds: the median of their thresholds, the median best epoch "
+                   "over all their folds.")
 @click.option("--checkpoints", type=click.Path(file_okay=False), default=None,
               help="Checkpoint folder (default OUT.checkpoints).")
 @click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
@@ -40,6 +42,7 @@ def train(config, corpus, out, resume, epochs, valid_fraction, evaluation, check
     from steth_hub.experiment import check_model_output, train_experiment
 
     # before any work: OUT may not swallow an input nor a folder of someone else's files
+    evaluation = list(evaluation) or None
     check_model_output(out, experiment=load_experiment(config), corpus=corpus, evaluation=evaluation,
                        checkpoints=checkpoints, overwrite=overwrite)
     model, history = train_experiment(config, corpus, out, resume=resume, epochs=epochs,
