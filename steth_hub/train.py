@@ -470,7 +470,10 @@ def training_arguments(recipe: dict, out_dir: Path, *, has_valid: bool, cuda: bo
     else:
         kwargs.update(eval_strategy="no", save_strategy="steps", load_best_model_at_end=False)
         kwargs.pop("metric_for_best_model", None)
-        if recipe.get("early_stopping_patience"):
+        if recipe.get("stop_at_epoch"):
+            notes.append(f"no validation set: early stopping is off; training stops at epoch "
+                         f"{float(recipe['stop_at_epoch']):g} of the recipe's schedule (the folds' median best epoch)")
+        elif recipe.get("early_stopping_patience"):
             notes.append("no validation set: early stopping is off, training runs the full schedule")
     kwargs.update(output_dir=str(out_dir), use_cpu=not cuda, report_to="none", remove_unused_columns=False,
                   label_names=["labels"])

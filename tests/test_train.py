@@ -374,3 +374,4 @@ def test_a_final_model_stops_at_the_folds_median_best_epoch_on_the_recipes_sched
     assert lrs[-1] > 0.5 * FAST["learning_rate"]
     assert model.threshold == pytest.approx(0.5)
     assert model.metadata["training"]["recipe"]["stop_at_epoch"] == 1.0
+    assert any("stops at epoch 1 of the recipe's schedule" in note for note in history["notes"])
