@@ -17,7 +17,11 @@ For each perturbation: the flip rate of the screening decision (at the model's o
 or ``--threshold``), the flips of clean positives, and the mean / max |P(asthma) shift|, overall
 and per source (KAUH, ICBHI); and what a user would see: how many changed recordings ``steth
 screen`` flags as degraded (the 8-bit check of ``steth_hub.audio``, run on the changed samples
-as on a file), and the *silent* flips, those it does not flag. A recording the preprocessing rejects after the perturbation (for example
+as on a file) or as unstable (screening's stability checks, ``steth_hub.stability``, where the
+model asks for them: ``--stability``), and the *silent* flips, those it flags neither way; and
+how many flips a user screening the clean recording was warned of (``clean_unstable_flips``).
+Reports written before the stability checks existed have no ``unstable`` count; their silent
+flips are the flips not flagged as degraded. A recording the preprocessing rejects after the perturbation (for example
 clipped by +6 dB) is counted as ``rejected``, not as a flip. Seeded: the noise of recording i
 under condition c comes from ``default_rng([seed, i, c])``, so reruns and other models see the
 same noise.
@@ -41,6 +45,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recordings import recording_files  # noqa: E402  (bench/recordings.py)
 
+from steth_hub.stability import perturb  # noqa: E402,F401  (one definition of each change, shared with screening)
+
 #: (name, kind, parameter); judged = counted against the bar
 CONDITIONS = [
     ("noise 60 dB SNR", "noise", 60.0),
@@ -56,50 +62,29 @@ BAR = {"noise 60 dB SNR": 0.05, "noise 40 dB SNR": 0.05, "noise 30 dB SNR": None
        "gain +6 dB": 0.05, "gain -6 dB": 0.05, "resample 8 kHz and back": 0.05}
 
 
-def perturb(samples: np.ndarray, rate: int, kind: str, value, rng: np.random.Generator) -> np.ndarray:
-    """The recording under one perturbation (float32, same rate)."""
-    x = np.asarray(samples, dtype=np.float64)
-    if kind == "noise":
-        rms = float(np.sqrt(np.mean(x ** 2)))
-        out = x + rng.standard_normal(len(x)) * rms * 10.0 ** (-float(value) / 20.0)
-    elif kind == "bits":
-        step = 2.0 ** (1 - int(value))  # 1/128 for 8 bits
-        out = np.clip(np.round(x / step) * step, -1.0, 1.0 - step)
-    elif kind == "gain":
-        out = np.clip(x * 10.0 ** (float(value) / 20.0), -1.0, 1.0)
-    elif kind == "resample":
-        from steth_hub.audio import resample
-
-        down = resample(x.astype(np.float32), rate, int(value))
-        out = resample(down, int(value), rate).astype(np.float64)
-        out = out[: len(x)] if len(out) >= len(x) else np.pad(out, (0, len(x) - len(out)))
-    else:
-        raise ValueError(kind)
-    return out.astype(np.float32)
-
-
 def source_of(path: Path) -> str:
     return path.parent.name.lower()
 
 
-def score(model, pipeline, recording, threshold=None):
-    """(probability, decision, flagged degraded) or (None, reason, False) when the recording is rejected."""
+def score(model, pipeline, recording):
+    """(probability, decision, flagged degraded, flagged unstable), or (None, reason, False, False) when the
+    recording is rejected."""
     from steth_hub.errors import StethError
     from steth_hub.screening import screen_loaded
 
     try:
-        result = screen_loaded(recording, model, pipeline)
+        result = screen_loaded(recording, model, pipeline, keep=False)
     except StethError as exc:
-        return None, exc.code, False
-    decision = bool(result.decision) if threshold is None else bool(result.probability >= threshold)
-    return float(result.probability), decision, any(w.startswith("degraded") for w in result.warnings)
+        return None, exc.code, False, False
+    return (float(result.probability), bool(result.decision), any(w.startswith("degraded") for w in result.warnings),
+            result.stable is False)
 
 
 def summarise(rows: list[dict]) -> dict:
     scored = [r for r in rows if r["p"] is not None]
     shifts = np.array([abs(r["p"] - r["p0"]) for r in scored]) if scored else np.zeros(0)
     flips = sum(r["d"] != r["d0"] for r in scored)
-    silent = sum(r["d"] != r["d0"] and not r["warned"] for r in scored)
+    silent = sum(r["d"] != r["d0"] and not r["warned"] and not r["unstable"] for r in scored)
     positives = [r for r in scored if r["d0"]]
     return {
         "n": len(scored),
@@ -107,6 +92,9 @@ def summarise(rows: list[dict]) -> dict:
         "flips": int(flips),
         "flip_rate": float(flips / len(scored)) if scored else None,
         "warned": int(sum(bool(r["warned"]) for r in scored)),
+        "unstable": int(sum(bool(r["unstable"]) for r in scored)),
+        "unstable_flips": int(sum(r["d"] != r["d0"] and bool(r["unstable"]) for r in scored)),
+        "clean_unstable_flips": int(sum(r["d"] != r["d0"] and bool(r["unstable0"]) for r in scored)),
         "silent_flips": int(silent),
         "silent_flip_rate": float(silent / len(scored)) if scored else None,
         "positives": len(positives),
@@ -128,6 +116,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=None,
                         help="decide at this P(asthma) instead of the model's own threshold (e.g. a fold "
                              "seed's out-of-fold threshold for a model trained without one)")
+    parser.add_argument("--stability", choices=("model", "on", "off"), default="model",
+                        help="screening's stability checks: those the model asks for (default), the default "
+                             "checks, or none (about 5 times faster; nothing is then flagged unstable)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -150,24 +141,31 @@ def main(argv=None) -> int:
         print(f"no recordings found in {where}", file=sys.stderr)
         return 2
     model = steth_hub.from_pretrained(args.model)
-    pipeline = ScreeningPipeline(model)
-    threshold = float(model.threshold if args.threshold is None else args.threshold)
+    if args.threshold is not None:  # decided (and checked for stability) at this threshold, on a copy
+        import copy
+
+        model = copy.copy(model)
+        model.threshold = float(args.threshold)
+    pipeline = ScreeningPipeline(model, {"model": None, "on": True, "off": False}[args.stability])
+    threshold = float(model.threshold)
     print(f"model {args.model} ({model.plugin_name}, threshold {threshold:.3f}); {len(files)} recordings "
           f"from {where}; seed {args.seed}", file=sys.stderr)
 
     started = time.perf_counter()
     rows: dict[str, list[dict]] = {name: [] for name, _, _ in CONDITIONS}
-    clean_rejected = 0
+    clean_rejected = clean_unstable = clean_scored = 0
     for i, path in enumerate(files):
         try:
             rec = decode(path)
         except StethError:
             clean_rejected += 1
             continue
-        p0, d0, _ = score(model, pipeline, rec, args.threshold)
+        p0, d0, _, unstable0 = score(model, pipeline, rec)
         if p0 is None:
             clean_rejected += 1
             continue
+        clean_scored += 1
+        clean_unstable += bool(unstable0)
         for c, (name, kind, value) in enumerate(CONDITIONS):
             rng = np.random.default_rng([args.seed, i, c])
             samples = perturb(rec.samples, rec.sample_rate, kind, value, rng)
@@ -176,9 +174,10 @@ def main(argv=None) -> int:
             changed = Recording(samples=samples, sample_rate=rec.sample_rate, source=str(path),
                                 original_sample_rate=rec.original_sample_rate, channels=1, subtype=rec.subtype,
                                 warnings=flags)
-            p, d, warned = score(model, pipeline, changed, args.threshold)
+            p, d, warned, unstable = score(model, pipeline, changed)
             rows[name].append({"file": path.name, "source": source_of(path), "p0": p0, "d0": d0,
-                               "p": p, "d": d if p is not None else None, "warned": warned})
+                               "p": p, "d": d if p is not None else None, "warned": warned, "unstable": unstable,
+                               "unstable0": unstable0})
         if (i + 1) % 25 == 0:
             print(f"  {i + 1}/{len(files)} recordings, {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
@@ -201,7 +200,7 @@ def main(argv=None) -> int:
         return "-" if x is None else f"{x:.3f}"
 
     header = ("| condition | recordings | flips | flip rate | clean positives flipped | mean abs dP | max abs dP | "
-              + " | ".join(f"flip rate {s}" for s in sources) + " | rejected | flagged degraded | silent flips | bar |")
+              + " | ".join(f"flip rate {s}" for s in sources) + " | rejected | flagged degraded | flagged unstable (flips) | flips flagged unstable clean | silent flips | bar |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         verdict = "-" if r["passes"] is None else ("PASS" if r["passes"] else "FAIL")
@@ -209,11 +208,13 @@ def main(argv=None) -> int:
                      f"{r['positives_flipped']}/{r['positives']} | {num(r['mean_abs_shift'])} | "
                      f"{num(r['max_abs_shift'])} | "
                      + " | ".join(pct(r["by_source"][s]["flip_rate"]) for s in sources)
-                     + f" | {r['rejected']} | {r['warned']} | {pct(r['silent_flip_rate'])} | {verdict} |")
+                     + f" | {r['rejected']} | {r['warned']} | {r['unstable']} ({r['unstable_flips']}) | "
+                       f"{r['clean_unstable_flips']} | {pct(r['silent_flip_rate'])} | {verdict} |")
     table = "\n".join(lines)
     print(table)
     seconds = time.perf_counter() - started
-    print(f"{clean_rejected} recording(s) rejected clean (not scored); {seconds:.0f} s", file=sys.stderr)
+    print(f"{clean_rejected} recording(s) rejected clean (not scored); {clean_unstable} of {clean_scored} clean "
+          f"recordings flagged unstable; {seconds:.0f} s", file=sys.stderr)
     if args.out:
         from steth_hub.fileio import atomic_write_json
 
@@ -223,8 +224,10 @@ def main(argv=None) -> int:
         atomic_write_json(args.out, {
             "benchmark": "robustness", "model": args.model, "plugin": model.plugin_name, "trained": trained,
             "threshold": threshold, "threshold_from": "model" if args.threshold is None else "--threshold",
+            "stability_checks": [list(c) for c in pipeline.stability_checks],
             "data": where, "n_files": len(files),
-            "clean_rejected": clean_rejected, "seed": args.seed, "seconds": round(seconds, 1),
+            "clean_rejected": clean_rejected, "clean_unstable": clean_unstable,
+            "seed": args.seed, "seconds": round(seconds, 1),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
             "bar": "flip rate <= 5% under 60/40 dB noise, 8-bit, +-6 dB gain, resampling; 30 dB reported only",
             "results": results, "table": table,

@@ -308,6 +308,7 @@ def card_context(meta: Mapping, evaluation: Mapping | None = None, *, name: str 
         "license": meta.get("license") or "apache-2.0",
         # model-specific findings (e.g. from its explanation maps), added to the generic limitations
         "limitations": _limitations(meta.get("limitations")),
+        "stability_checks": _stability_checks(meta.get("stability_checks")),
         "front_end_rate": facts.get("front_end_rate"),
         "front_end_bins": facts.get("front_end_bins"),
         "description": (training["experiment"].get("description") if isinstance(training.get("experiment"), Mapping)
@@ -346,6 +347,19 @@ BUFFER_PREFIXES = ("scaler_",)
 def _is_buffer(key: str) -> bool:
     name = key.rsplit(".", 1)[-1]
     return name.endswith(BUFFER_SUFFIXES) or name.startswith(BUFFER_PREFIXES)
+
+
+def _stability_checks(value) -> list[str]:
+    """``steth.json["stability_checks"]`` in words (none when absent or not valid)."""
+    from steth_hub.errors import StethError
+    from steth_hub.stability import check_list, describe
+
+    if value is None:
+        return []
+    try:
+        return [describe(kind, amount) for kind, amount in check_list(value)]
+    except StethError:
+        return []
 
 
 def _limitations(value: Any) -> list[str]:

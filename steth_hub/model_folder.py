@@ -87,7 +87,22 @@ METADATA_SCHEMA = {
     "training": (False, lambda v: isinstance(v, dict), "a mapping", "remove it or re-save the model"),
     "evaluation": (False, lambda v: isinstance(v, dict), "a mapping (a steth evaluate report)",
                    "remove it, or re-train with --evaluation"),
+    "stability_checks": (False, lambda v: _stability_checks_ok(v),
+                         "a list of [kind, value] pairs: [\"noise\", dB below the recording (10-120)] or "
+                         "[\"gain\", dB (non-zero, within 24)]",
+                         'write e.g. [["noise", 60], ["noise", 40], ["gain", 6], ["gain", -6]], or remove it'),
 }
+
+
+def _stability_checks_ok(value) -> bool:
+    from steth_hub.errors import StethError
+    from steth_hub.stability import check_list
+
+    try:
+        check_list(value)
+    except StethError:
+        return False
+    return True
 
 
 def validate_metadata(meta: dict, path: str | os.PathLike | None = None) -> dict:

@@ -267,7 +267,8 @@ def _audio_sha256(path: str) -> str | None:
 
 def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Mapping], model=None, *,
                    patient: str | PatientFacts = "patient", sex: Any = None, age: Any = None,
-                   progress: bool = False, check=None, quality: str = "reject") -> PatientResult:
+                   progress: bool = False, check=None, quality: str = "reject",
+                   stability: bool | None = None) -> PatientResult:
     """Screen all of one patient's recordings and give one patient-level result.
 
     Args:
@@ -282,6 +283,7 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
             ``"keep"``: counted, with its warnings.
         check: optional ``check(path)`` run before a recording is read (e.g. the demo's size and
             length limits); a :class:`~steth_hub.errors.StethError` it raises rejects that recording.
+        stability: each recording's stability checks, as in :func:`steth_hub.screening.screen`.
 
     Returns:
         A :class:`PatientResult`. A recording that cannot be screened is listed in ``rejected``.
@@ -327,7 +329,8 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
             seen[key] = ids[i]
         to_screen.append(i)
 
-    results, failures = screen_many([inputs[i].path for i in to_screen], model=classifier, progress=progress)
+    results, failures = screen_many([inputs[i].path for i in to_screen], model=classifier, progress=progress,
+                                    stability=stability)
     by_path = {r.source: r for r in results}
     failed = {f["source"]: f for f in failures}
     screened: list[tuple[int, Any]] = []

@@ -301,6 +301,9 @@ def render_html(report: Report, *, for_pdf: bool = False) -> str:
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = _fmt
     env.filters["ci"] = _ci
+    from steth_hub.stability import short_warning
+
+    env.filters["short"] = lambda warnings: [short_warning(w) for w in warnings]  # the JSON and FHIR keep them whole
     return env.get_template(TEMPLATE).render(
         r=report.data, for_pdf=for_pdf, spectrogram=_data_uri(report.spectrogram_png),
         explanation=_data_uri(report.explanation_png))

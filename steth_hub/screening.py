@@ -72,8 +72,11 @@ class ScreeningResult:
         threshold: the model's decision threshold.
         n_clips: how many clips the probability averages.
         clip_probabilities, clip_starts: per clip, P(asthma) and where it starts (seconds).
-        warnings: what a user should know (short, clipped, low sample rate, truncated...).
+        warnings: what a user should know (short, clipped, low sample rate, truncated, an
+            unstable decision...).
         model: the model's name or folder.
+        stable: whether the decision survived the model's stability checks (harmless changes of
+            the recording, :mod:`steth_hub.stability`); None when none were run.
         disclaimer: the "screening support, not a diagnosis" line.
         computed: what screening computed (:class:`ScreenedClips`: recording, clips, waveforms,
             probabilities, model), or None; kept out of ``to_dict()``, ``repr`` and comparisons.
@@ -89,6 +92,7 @@ class ScreeningResult:
     clip_starts: list[float]
     warnings: list[str] = field(default_factory=list)
     model: str = ""
+    stable: bool | None = None
     disclaimer: str = DISCLAIMER
     computed: ScreenedClips | None = field(default=None, repr=False, compare=False)
 
@@ -200,10 +204,17 @@ def model_name(model) -> str:
 
 # --------------------------------------------------------------------------- one recording
 class ScreeningPipeline:
-    """A model's preset split into lenient checks (warnings) and the steps that make clips."""
+    """A model's preset split into lenient checks (warnings) and the steps that make clips, and the
+    stability checks screening runs for the model.
 
-    def __init__(self, model):
+    ``stability``: None runs the checks the model asks for (``"stability_checks"`` in its
+    ``steth.json``; none when it asks for none), True the default checks
+    (:data:`steth_hub.stability.DEFAULT_CHECKS`) whatever the model says, False none.
+    """
+
+    def __init__(self, model, stability: bool | None = None):
         from steth_hub.preprocess import Preprocessor, Preset, load_preset
+        from steth_hub.stability import DEFAULT_CHECKS, check_list
 
         preset = load_preset(model.preset or None)
         checks = [{name: params} for name, params in preset.steps if name in LENIENT_STEPS]
@@ -226,6 +237,11 @@ class ScreeningPipeline:
         if band and isinstance(band[1], (int, float)) and band[1] > 0:
             tops.append(float(band[1]))
         self.top_hz = min(tops) if tops else None
+        asked = (getattr(model, "metadata", None) or {}).get("stability_checks")
+        if stability is None:
+            self.stability_checks = check_list(asked, model_name(model)) if asked is not None else ()
+        else:
+            self.stability_checks = DEFAULT_CHECKS if stability else ()
 
     @property
     def min_seconds(self) -> float:
@@ -339,15 +355,41 @@ def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate
                          fix="check the classifier plugin's predict_proba")
     probability = float(probs.mean())
     decision = bool(probability >= model.threshold)
+    stable = None
+    if pipeline.stability_checks:
+        from steth_hub.stability import check_stability, unstable_warning
+
+        stability = check_stability(recording, probability, float(model.threshold),
+                                    lambda copy: _probability_of(copy, model, pipeline), pipeline.stability_checks)
+        stable = stability["stable"] if stability["checked"] else None
+        warning = unstable_warning(probability, float(model.threshold), stability)
+        if warning:
+            warnings = warnings + [warning]
     return ScreeningResult(
         source=source, probability=probability, decision=decision, label="asthma" if decision else "not_asthma",
         threshold=float(model.threshold), n_clips=len(clips), clip_probabilities=[float(p) for p in probs],
         clip_starts=[float(c.start) for c in clips], warnings=pipeline.decoding_warnings(recording) + warnings,
-        model=model_name(model),
+        model=model_name(model), stable=stable,
         computed=ScreenedClips(recording, clips, waveforms, probs, model) if keep else None)
 
 
-def screen(path_or_array, sample_rate: int | None = None, model=None) -> ScreeningResult:
+def _probability_of(recording, model, pipeline: ScreeningPipeline) -> float | None:
+    """P(asthma) of a changed copy of a recording (a stability check), None when screening refuses it."""
+    from steth_hub.errors import StethError
+    from steth_hub.feature_cache import feature_cache_disabled
+
+    try:
+        clips = pipeline.preprocessor.run(recording, recording.source)
+    except StethError:
+        return None
+    with feature_cache_disabled():
+        probs = np.asarray(model.predict_proba(np.stack([c.samples for c in clips]).astype(np.float32)),
+                           dtype=np.float64)
+    return float(probs.mean()) if probs.size and np.isfinite(probs).all() else None
+
+
+def screen(path_or_array, sample_rate: int | None = None, model=None, *,
+           stability: bool | None = None) -> ScreeningResult:
     """Screen one recording for asthma.
 
     Args:
@@ -355,6 +397,8 @@ def screen(path_or_array, sample_rate: int | None = None, model=None) -> Screeni
         sample_rate: the array's sample rate (needed for arrays only).
         model: None for the embedded default ``steth/efficientat-asthma``, a model folder or Hub name, or a
             loaded :class:`~steth_hub.classifier.Classifier`.
+        stability: None runs the stability checks the model asks for, True the default ones,
+            False none (:class:`ScreeningPipeline`); an unstable decision gets a warning.
 
     Returns:
         A :class:`ScreeningResult`; its ``computed`` keeps the recording, clips and per-clip
@@ -366,20 +410,21 @@ def screen(path_or_array, sample_rate: int | None = None, model=None) -> Screeni
         ModelError: the model cannot be loaded.
     """
     model = load_model(model)
-    return screen_loaded(path_or_array, model, ScreeningPipeline(model), sample_rate)
+    return screen_loaded(path_or_array, model, ScreeningPipeline(model, stability), sample_rate)
 
 
 def screen_many(paths: Iterable, model=None, progress: bool = True, *,
-                keep: bool = False) -> tuple[list[ScreeningResult], list[dict]]:
+                keep: bool = False, stability: bool | None = None) -> tuple[list[ScreeningResult], list[dict]]:
     """Screen many recordings with one model; returns ``(results, failures)``.
 
     A failure is ``{"source", "code", "message", "fix"}``; the other files are still screened.
-    ``keep`` keeps each result's :attr:`~ScreeningResult.computed` (off: a long batch holds no audio).
+    ``keep`` keeps each result's :attr:`~ScreeningResult.computed` (off: a long batch holds no audio);
+    ``stability`` as in :func:`screen`.
     """
     from tqdm.auto import tqdm
 
     model = load_model(model)
-    pipeline = ScreeningPipeline(model)
+    pipeline = ScreeningPipeline(model, stability)
     results, failures = [], []
     paths = list(paths)
     for path in tqdm(paths, desc="screening", unit="file", disable=not progress or len(paths) < 2):

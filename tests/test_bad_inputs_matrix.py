@@ -207,6 +207,16 @@ def audio_truncated(tmp):
     return warnings_of(tmp / "cut.wav")
 
 
+@case
+def audio_unstable_decision(tmp):
+    from steth_hub.screening import screen
+
+    edge = EXAMPLES / "kauh" / "BP64_asthma,E W,P L U,60,M_middle10sec.wav"
+    result = screen(edge, model="steth/efficientat-asthma")  # this model asks for the stability checks
+    shown = [w for w in result.warnings if w.startswith("unstable")]
+    return f"screened ({result.label}, stable={result.stable}); warning: " + _clean(shown[0] if shown else "(none)", tmp)
+
+
 # --------------------------------------------------------------------------- models
 @case
 def model_root(tmp):
@@ -233,6 +243,13 @@ def model_unexpected_tensor(tmp):
     tensors = load_file(str(folder / "model.safetensors"))
     tensors["extra.weight"] = torch.zeros(3)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return load_error(folder, tmp)
+
+
+@case
+def model_stability_checks_bad(tmp):
+    folder = model_copy(tmp)
+    edit_meta(folder, stability_checks=[["noise", "loud"]])
     return load_error(folder, tmp)
 
 

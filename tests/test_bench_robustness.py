@@ -73,3 +73,17 @@ def test_a_given_threshold_replaces_the_models(tmp_path, examples_dir, one_torch
     assert result["threshold"] == 0.0 and result["threshold_from"] == "--threshold"
     for row in result["results"]:  # at 0 every recording is positive, clean or changed (at the model's own: not)
         assert row["positives"] == row["n"] > 0 and row["flips"] == 0
+
+
+def test_flips_that_screening_flags_as_unstable_are_not_silent(tmp_path, examples_dir, one_torch_thread):
+    out = tmp_path / "r.json"
+    assert bench.main(["steth/ast-asthma", "--data", str(examples_dir), "--limit", "3", "--stability", "on",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["stability_checks"] == [["noise", 60.0], ["noise", 40.0], ["gain", 6.0], ["gain", -6.0]]
+    for row in result["results"]:
+        assert row["unstable_flips"] <= min(row["flips"], row["unstable"])
+        assert row["silent_flips"] <= row["flips"] - row["unstable_flips"]
+        assert row["clean_unstable_flips"] <= row["flips"]
+    assert 0 <= result["clean_unstable"] <= 3 - result["clean_rejected"]
+    assert bench.perturb is steth_hub.stability.perturb  # the bench's changes are screening's

@@ -68,7 +68,8 @@ def test_screening_in_the_demo_runs_on_the_light_runtime_without_torch():
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_demo_request_preprocesses_once_and_the_map_reuses_its_clips(monkeypatch):
     """Screening and explaining one upload: one decoding, one preprocessing, one forward pass (the
-    light runtime's); the explainer gets the clips screening computed, never a second screening."""
+    light runtime's), and one of each per stability check the model asks for; the explainer gets the
+    clips screening computed, never a second screening."""
     import steth_hub.audio
     from steth_hub.hub import DEFAULT_MODEL
     from steth_hub.preprocess import Preprocessor
@@ -98,7 +99,11 @@ def test_a_demo_request_preprocesses_once_and_the_map_reuses_its_clips(monkeypat
     count(explanation, "_run_explainer", "explain")
     screener = demo.Screener(catalog, demo.DemoSettings())
     summary, _, spectrogram, picture, record = screener(str(ASTHMA_WAV), None, explain=True)
-    assert calls == {"decode": 1, "preprocess": 1, "onnx": 1, "torch": 0, "explain": 1}, calls
+    from steth_hub.screening import ScreeningPipeline
+
+    checks = len(ScreeningPipeline(catalog.get(None)).stability_checks)
+    assert checks == 4  # the embedded default asks for them
+    assert calls == {"decode": 1, "preprocess": 1 + checks, "onnx": 1 + checks, "torch": 0, "explain": 1}, calls
     assert record["explanation"]["explainer"] == "gradcam" and picture is not None and spectrogram is not None
     assert "drawn by the gradcam explainer" in summary and record["n_clips"] == 3
     from steth_hub.screening import screen

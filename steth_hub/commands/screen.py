@@ -28,10 +28,15 @@ import click
 @click.option("--include-flagged", is_flag=True,
               help="Patient mode: also count recordings that fail the model's quality checks (clipping...), "
                    "which are otherwise shown but left out of the patient result.")
+@click.option("--stability/--no-stability", default=None,
+              help="Re-screen each recording under harmless changes (noise 60 and 40 dB below it, level +-6 dB) "
+                   "and warn when the decision changes. Default: the checks the model asks for (the embedded "
+                   "models do); --no-stability skips them (about 5 times faster).")
 @click.option("--explain-text", is_flag=True,
               help="Vision-language models (--model steth/vlm-asthma): also print the answer the model writes "
                    "for each recording, parsed to a label, and the prompt's patient facts.")
-def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age, include_flagged, explain_text=False):
+def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age, include_flagged, stability=None,
+           explain_text=False):
     """Screen FILES: P(asthma), the decision at the model's threshold, clips used and warnings.
 
     A file that fails is listed with the reason and the fix; the others are still screened.
@@ -44,13 +49,13 @@ def screen(files, model, as_json, quiet, strict, patient, manifest, sex, age, in
 
     if patient is not None or manifest is not None:
         _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age,
-                         "keep" if include_flagged else "reject", explain_text)
+                         "keep" if include_flagged else "reject", explain_text, stability)
         return
     if not files:
         raise click.UsageError("give at least one FILE (or --manifest)")
     vlm = _vlm_prepare(model, [(str(f), f, None) for f in files], sex, age, explain_text) \
         if (explain_text or _is_vlm(model)) else {}
-    results, failures = screen_many(files, model=model, progress=not quiet and not as_json)
+    results, failures = screen_many(files, model=model, progress=not quiet and not as_json, stability=stability)
     if as_json:
         rows = [r.to_dict() for r in results]
         for row in rows:
@@ -95,7 +100,7 @@ def patients_from_options(files, patient, manifest, sex, age) -> list:
 
 
 def _screen_patients(files, model, as_json, quiet, strict, patient, manifest, sex, age, quality="reject",
-                     explain_text=False) -> None:
+                     explain_text=False, stability=None) -> None:
     from steth_hub.patient import screen_patient
     from steth_hub.screening import DISCLAIMER, load_model
 
@@ -108,7 +113,7 @@ def _screen_patients(files, model, as_json, quiet, strict, patient, manifest, se
                                                  for i, r in enumerate(e.recordings, start=1)],
                                     e.facts.sex, e.facts.age, explain_text))
     results = [screen_patient(e.recordings, classifier, patient=e.facts, progress=not quiet and not as_json,
-                              quality=quality) for e in entries]
+                              quality=quality, stability=stability) for e in entries]
     if as_json:
         out = {"patients": [r.to_dict() for r in results], "disclaimer": DISCLAIMER}
         if vlm:
