@@ -6,7 +6,8 @@ Baseline, in the same process: decoding and preprocessing the same recordings (t
 screening does before the model runs). Reported: the median latency of ``screen()`` on one real
 10 s recording (model already loaded), the recordings per second of ``screen_many()`` over real
 recordings (the shared data, or the shipped examples with a note), and each as a ratio to the
-baseline, so a reader sees what the model adds on this machine.
+baseline, so a reader sees what the model adds on this machine; and the latency of the same
+screening without the model's stability checks (``screen(..., stability=False)``), as a ratio.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main(argv=None) -> dict:
     screen(one, model=model)  # warm-up: first call builds the front end
     base_one = _timed(lambda: baseline(one), args.repeat)
     screen_one = _timed(lambda: screen(one, model=model), args.repeat)
+    plain_one = _timed(lambda: screen(one, model=model, stability=False), args.repeat)
     base_many = _timed(lambda: [baseline(p) for p in files], 1)[0]
     many = _timed(lambda: screen_many(files, model=model, progress=False), 1)[0]
     results, failures = screen_many(files, model=model, progress=False)
@@ -87,6 +89,10 @@ def main(argv=None) -> dict:
         "latency_ratio_to_baseline": statistics.median(screen_one) / statistics.median(base_one),
         # seconds of computing per second of audio (the recording lasts 10 s); below 1 is faster than real time
         "real_time_factor": statistics.median(screen_one) / _duration(one),
+        # the model's stability checks (steth_hub/stability.py) against the same screening without them
+        "stability_checks": len(pipeline.stability_checks),
+        "latency_without_stability_checks_s": statistics.median(plain_one),
+        "stability_cost_ratio": statistics.median(screen_one) / statistics.median(plain_one),
         "runtime": type(model).__name__,
         "files": len(files), "screened": len(results), "failed": len(failures),
         "throughput_recordings_per_s": len(files) / many,

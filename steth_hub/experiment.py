@@ -134,8 +134,15 @@ def combine_evaluations(reports: list[dict], *, experiment: str | None = None,
         if experiment is not None and name is not None and str(name) != str(experiment):
             raise ConfigError(f"this evaluation report is of experiment {name!r}, not {experiment!r}", path=where,
                               fix=f"pass the evaluation.json that `steth evaluate` wrote for {experiment!r}")
-        seed = fold_seed_facts(report)["seed"]
-        if len(reports) > 1 and seed is not None and seed in seen:
+        try:
+            seed = fold_seed_facts(report)["seed"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a usable evaluation report ({type(exc).__name__}: {exc})", path=where,
+                              fix="pass the evaluation.json written by `steth evaluate`") from exc
+        if len(reports) > 1 and seed is None:
+            raise ConfigError("this evaluation report does not say its fold seed (protocol.seed)", path=where,
+                              fix="pass evaluation.json files written by `steth evaluate --seed S`")
+        if len(reports) > 1 and seed in seen:
             raise ConfigError(f"fold seed {seed} is given twice (also in {seen[seed] or 'another report'})",
                               path=where, fix="pass each fold seed's evaluation.json once")
         seen[seed] = where

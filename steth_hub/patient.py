@@ -135,6 +135,8 @@ class RecordingResult:
     #: how far this recording moves the patient's P(asthma) from the threshold: (p - threshold) / n
     push: float = 0.0
     drives: bool = False
+    #: whether its decision survived the model's stability checks (None: none were run)
+    stable: bool | None = None
 
     @property
     def label(self) -> str:
@@ -146,7 +148,7 @@ class RecordingResult:
                 "n_clips": self.n_clips, "clip_probabilities": list(self.clip_probabilities),
                 "warnings": list(self.warnings), "quality": "warnings" if self.warnings else "ok",
                 "duration_s": self.duration_s, "sample_rate": self.sample_rate,
-                "push": self.push, "drives_result": self.drives}
+                "push": self.push, "drives_result": self.drives, "stable": self.stable}
 
 
 @dataclass
@@ -368,7 +370,7 @@ def screen_patient(recordings: Iterable[str | os.PathLike | RecordingInput | Map
                 clip_probabilities=[float(x) for x in result.clip_probabilities],
                 warnings=[_no_path(w, inputs[i].path) for w in result.warnings],
                 duration_s=_duration(inputs[i].path), sample_rate=_rate(inputs[i].path),
-                push=float((p - threshold) / n)))
+                push=float((p - threshold) / n), stable=result.stable))
     drivers = [r for r in rows if r.decision == decision]
     drivers.sort(key=lambda r: abs(r.push), reverse=True)
     for r in drivers:

@@ -208,8 +208,8 @@ class ScreeningPipeline:
     stability checks screening runs for the model.
 
     ``stability``: None runs the checks the model asks for (``"stability_checks"`` in its
-    ``steth.json``; none when it asks for none), True the default checks
-    (:data:`steth_hub.stability.DEFAULT_CHECKS`) whatever the model says, False none.
+    ``steth.json``; none when it asks for none), True those or, for a model that asks for none, the
+    default checks (:data:`steth_hub.stability.DEFAULT_CHECKS`), False none.
     """
 
     def __init__(self, model, stability: bool | None = None):
@@ -238,10 +238,11 @@ class ScreeningPipeline:
             tops.append(float(band[1]))
         self.top_hz = min(tops) if tops else None
         asked = (getattr(model, "metadata", None) or {}).get("stability_checks")
+        own = check_list(asked, model_name(model)) if asked is not None else ()
         if stability is None:
-            self.stability_checks = check_list(asked, model_name(model)) if asked is not None else ()
-        else:
-            self.stability_checks = DEFAULT_CHECKS if stability else ()
+            self.stability_checks = own
+        else:  # True: the model's own checks, or the default ones for a model that asks for none
+            self.stability_checks = (own or DEFAULT_CHECKS) if stability else ()
 
     @property
     def min_seconds(self) -> float:
@@ -359,8 +360,10 @@ def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate
     if pipeline.stability_checks:
         from steth_hub.stability import check_stability, unstable_warning
 
+        flagged = len(warnings)  # the quality checks the original already fails (clipping...)
         stability = check_stability(recording, probability, float(model.threshold),
-                                    lambda copy: _probability_of(copy, model, pipeline), pipeline.stability_checks)
+                                    lambda copy: _probability_of(copy, model, pipeline, flagged),
+                                    pipeline.stability_checks)
         stable = stability["stable"] if stability["checked"] else None
         warning = unstable_warning(probability, float(model.threshold), stability)
         if warning:
@@ -373,14 +376,18 @@ def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate
         computed=ScreenedClips(recording, clips, waveforms, probs, model) if keep else None)
 
 
-def _probability_of(recording, model, pipeline: ScreeningPipeline) -> float | None:
-    """P(asthma) of a changed copy of a recording (a stability check), None when screening refuses it."""
+def _probability_of(recording, model, pipeline: ScreeningPipeline, flagged: int = 0) -> float | None:
+    """P(asthma) of a changed copy of a recording (a stability check); None when screening refuses
+    it, or when it fails more quality checks than the original (``flagged``): a copy a raised gain
+    clipped is a damaged recording, not a harmless change."""
     from steth_hub.errors import StethError
     from steth_hub.feature_cache import feature_cache_disabled
 
     try:
-        clips = pipeline.preprocessor.run(recording, recording.source)
+        clips, warnings = pipeline.clips(recording, recording.source)
     except StethError:
+        return None
+    if len(warnings) > flagged:
         return None
     with feature_cache_disabled():
         probs = np.asarray(model.predict_proba(np.stack([c.samples for c in clips]).astype(np.float32)),
@@ -397,8 +404,8 @@ def screen(path_or_array, sample_rate: int | None = None, model=None, *,
         sample_rate: the array's sample rate (needed for arrays only).
         model: None for the embedded default ``steth/efficientat-asthma``, a model folder or Hub name, or a
             loaded :class:`~steth_hub.classifier.Classifier`.
-        stability: None runs the stability checks the model asks for, True the default ones,
-            False none (:class:`ScreeningPipeline`); an unstable decision gets a warning.
+        stability: None runs the stability checks the model asks for, True those or the default
+            ones, False none (:class:`ScreeningPipeline`); an unstable decision gets a warning.
 
     Returns:
         A :class:`ScreeningResult`; its ``computed`` keeps the recording, clips and per-clip

@@ -80,10 +80,21 @@ def test_flips_that_screening_flags_as_unstable_are_not_silent(tmp_path, example
     assert bench.main(["steth/ast-asthma", "--data", str(examples_dir), "--limit", "3", "--stability", "on",
                        "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["stability_checks"] == [["noise", 60.0], ["noise", 40.0], ["gain", 6.0], ["gain", -6.0]]
+    assert result["stability_checks"] == [["noise", 60.0], ["noise", 40.0]]
     for row in result["results"]:
         assert row["unstable_flips"] <= min(row["flips"], row["unstable"])
         assert row["silent_flips"] <= row["flips"] - row["unstable_flips"]
         assert row["clean_unstable_flips"] <= row["flips"]
     assert 0 <= result["clean_unstable"] <= 3 - result["clean_rejected"]
     assert bench.perturb is steth_hub.stability.perturb  # the bench's changes are screening's
+
+
+def test_a_flip_screening_flags_as_unstable_is_counted_and_not_silent():
+    row = {"p0": 0.6, "d0": True, "p": 0.4, "d": False, "warned": False, "unstable0": False}
+    rows = [dict(row, unstable=True),                       # flipped, flagged unstable: not silent
+            dict(row, unstable=False),                      # flipped, flagged nothing: silent
+            dict(row, unstable=False, unstable0=True),      # flipped; the clean screening warned
+            dict(row, p=0.7, d=True, unstable=True)]        # not flipped, flagged
+    s = bench.summarise(rows)
+    assert (s["flips"], s["unstable"], s["unstable_flips"], s["silent_flips"], s["clean_unstable_flips"]) == \
+        (3, 2, 1, 2, 1)

@@ -328,6 +328,11 @@ def test_several_fold_seeds_give_the_median_threshold_and_the_median_best_epoch_
         combine_evaluations([reports[0], dict(reports[0])], experiment="r", sources=["a.json", "b.json"])
     with pytest.raises(ConfigError, match="experiment 'r', not 'other'"):
         combine_evaluations(reports, experiment="other")
+    no_seed = {k: v for k, v in reports[1].items() if k != "protocol"}
+    with pytest.raises(ConfigError, match="does not say its fold seed"):
+        combine_evaluations([reports[0], no_seed], experiment="r", sources=["a.json", "b.json"])
+    with pytest.raises(ConfigError, match="not a usable evaluation report"):
+        combine_evaluations([{k: v for k, v in reports[0].items() if k != "recommended_threshold"}])
 
 
 def test_steth_train_takes_several_fold_seeds_reports(example_corpus, tmp_path):

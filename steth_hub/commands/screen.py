@@ -29,9 +29,10 @@ import click
               help="Patient mode: also count recordings that fail the model's quality checks (clipping...), "
                    "which are otherwise shown but left out of the patient result.")
 @click.option("--stability/--no-stability", default=None,
-              help="Re-screen each recording under harmless changes (noise 60 and 40 dB below it, level +-6 dB) "
-                   "and warn when the decision changes. Default: the checks the model asks for (the embedded "
-                   "models do); --no-stability skips them (about 5 times faster).")
+              help="Re-screen each recording under harmless changes (white noise 60 and 40 dB below it) and "
+                   "warn when the decision changes. Default: the checks the model asks for in its steth.json "
+                   "(the embedded EfficientAT models do); --stability runs them for any model; --no-stability "
+                   "skips them (about 3 times faster).")
 @click.option("--explain-text", is_flag=True,
               help="Vision-language models (--model steth/vlm-asthma): also print the answer the model writes "
                    "for each recording, parsed to a label, and the prompt's patient facts.")
@@ -201,6 +202,11 @@ def _patient_block(result, facts_in_prompt: bool = False) -> None:
                    f"mean of {len(result.recordings)} recording(s); driven by {', '.join(result.drivers)})")
     else:
         click.secho(f"  PATIENT: no result: none of {len(result.rejected)} recording(s) could be screened", fg="red")
+    unstable = [r.id for r in result.recordings if r.drives and r.stable is False]
+    if result.screened and unstable:
+        click.secho(f"  CAUTION: {', '.join(unstable)} drive(s) this result but did not survive harmless changes "
+                    "(unstable): read the patient result as indeterminate and record those sites again.",
+                    fg="yellow")
     click.echo(f"  {len(result.recordings)} screened, {len(result.rejected)} rejected. "
                "Recordings are named R1, R2... in the order given (file names can carry annotations).\n")
 

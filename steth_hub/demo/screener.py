@@ -302,9 +302,11 @@ def _result_record(result, recording: "Recording", name: str, model_name: str | 
 
 
 def _decision_text(result) -> str:
+    caution = ("; **unstable**: a harmless change of the recording moves it across the threshold, so read it "
+               "as indeterminate" if getattr(result, "stable", None) is False else "")
     if bool(result.decision):
-        return "**screen positive**: sounds like the asthma recordings the model learned from"
-    return "**screen negative**: does not sound like the asthma recordings the model learned from"
+        return "**screen positive**: sounds like the asthma recordings the model learned from" + caution
+    return "**screen negative**: does not sound like the asthma recordings the model learned from" + caution
 
 
 def _esc(text: Any) -> str:

@@ -208,7 +208,7 @@ def explain(source, model=None, explainer: str | None = None, sample_rate: int |
     explainer_name, engine = load_explainer(classifier, explainer)
     # screened once, with the torch model: the same clips and P(asthma) as `steth screen`
     result = screening.screen_loaded(screening.to_recording(source, sample_rate), classifier,
-                                     screening.ScreeningPipeline(classifier))
+                                     screening.ScreeningPipeline(classifier, stability=False))  # a map needs P only
     return _explain_screened(result, classifier, explainer_name, engine, target, model_label)
 
 
