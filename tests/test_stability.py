@@ -161,3 +161,23 @@ def test_the_one_page_report_shows_an_unstable_warning_in_a_few_words():
     assert short_warning(whole) == "unstable: white noise 60 dB below the recording moves P(asthma) to 0.004; indeterminate"
     assert short_warning("clipped: 3% of samples") == "clipped: 3% of samples"
     assert unstable_warning(0.94, 0.354, {"stable": True, "checked": [{}], "changed": []}) is None
+
+
+def test_the_patient_result_and_the_demo_say_when_an_unstable_recording_drives_them(example_wavs):
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from steth_hub.cli import main
+    from steth_hub.demo.screener import _decision_text
+
+    fragile = next(p for p in example_wavs if p.name.startswith("BP64_"))  # the default flags it (docs/bad-inputs.md)
+    out = CliRunner().invoke(main, ["screen", "--patient", "P1", str(fragile), "--quiet",
+                                    "--model", "steth/efficientat-asthma"])
+    assert out.exit_code == 0, out.output
+    assert "CAUTION: R1 drive(s) this result but did not survive harmless changes" in out.output
+    quiet = CliRunner().invoke(main, ["screen", "--patient", "P1", str(fragile), "--quiet", "--no-stability",
+                                      "--model", "steth/efficientat-asthma"])
+    assert quiet.exit_code == 0 and "CAUTION" not in quiet.output
+    assert "unstable" in _decision_text(SimpleNamespace(decision=True, stable=False))
+    assert "unstable" not in _decision_text(SimpleNamespace(decision=True, stable=None))
