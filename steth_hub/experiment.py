@@ -33,7 +33,7 @@ from steth_hub.fileio import read_yaml_or_json
 
 log = logging.getLogger(__name__)
 
-KNOWN_KEYS = {"name", "classifier", "model", "preset", "recipe", "description", "evaluation"}
+KNOWN_KEYS = {"name", "classifier", "model", "preset", "recipe", "description", "evaluation", "stability_checks"}
 
 
 @dataclass
@@ -48,11 +48,16 @@ class Experiment:
     description: str = ""
     evaluation: dict = field(default_factory=dict)
     source: str | None = None
+    #: the stability checks a model trained from this config asks screening for (steth_hub/stability.py)
+    stability_checks: list | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "classifier": self.classifier, "model": copy.deepcopy(self.model),
-                "preset": copy.deepcopy(self.preset), "recipe": copy.deepcopy(self.recipe),
-                "description": self.description, "evaluation": copy.deepcopy(self.evaluation)}
+        out = {"name": self.name, "classifier": self.classifier, "model": copy.deepcopy(self.model),
+               "preset": copy.deepcopy(self.preset), "recipe": copy.deepcopy(self.recipe),
+               "description": self.description, "evaluation": copy.deepcopy(self.evaluation)}
+        if self.stability_checks is not None:
+            out["stability_checks"] = copy.deepcopy(self.stability_checks)
+        return out
 
     def with_recipe(self, **overrides: Any) -> "Experiment":
         """A copy with some recipe values replaced (e.g. fewer epochs for a smoke run)."""
@@ -92,10 +97,19 @@ def load_experiment(config: str | os.PathLike | dict) -> Experiment:
 
     check_recipe_values(data["recipe"], source=source)
     name = data.get("name") or (Path(source).stem if source else data["classifier"])
+    checks = None
+    if data.get("stability_checks") is not None:
+        from steth_hub.errors import StethError
+        from steth_hub.stability import check_list
+
+        try:
+            checks = [list(c) for c in check_list(data["stability_checks"])]
+        except StethError as exc:
+            raise ConfigError(f"stability_checks: {exc.message}", path=source, fix=exc.fix) from exc
     return Experiment(name=str(name), classifier=data["classifier"], model=data["model"],
                       preset=data.get("preset", "excerpt-10s"), recipe=data["recipe"],
                       description=str(data.get("description") or ""), evaluation=data["evaluation"],
-                      source=source)
+                      source=source, stability_checks=checks)
 
 
 # --------------------------------------------------------------------------- training an experiment on a corpus
@@ -304,6 +318,8 @@ def train_on_clips(experiment, clips, out: str | os.PathLike, *, preset=None, co
     })
     if name:
         model.metadata["name"] = name
+    if experiment.stability_checks is not None:  # what screening re-checks for this model
+        model.metadata["stability_checks"] = copy.deepcopy(experiment.stability_checks)
     if report is not None:
         model.metadata["evaluation"] = report
     model.save_pretrained(out)

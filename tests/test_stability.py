@@ -181,3 +181,35 @@ def test_the_patient_result_and_the_demo_say_when_an_unstable_recording_drives_t
     assert quiet.exit_code == 0 and "CAUTION" not in quiet.output
     assert "unstable" in _decision_text(SimpleNamespace(decision=True, stable=False))
     assert "unstable" not in _decision_text(SimpleNamespace(decision=True, stable=None))
+
+
+def test_a_config_asks_for_the_checks_and_steth_train_writes_them(tmp_path, example_wavs):
+    from steth_hub.errors import ConfigError
+    from steth_hub.experiment import load_experiment, train_on_clips
+
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    shipped = load_experiment(configs / "efficientat-asthma.yaml")
+    assert shipped.stability_checks == [list(c) for c in DEFAULT_CHECKS]  # as the shipped default's steth.json
+    assert load_experiment(configs / "mfcc-logreg.yaml").stability_checks is None
+    with pytest.raises(ConfigError, match="stability_checks") as info:
+        load_experiment({"classifier": "mfcc-logreg", "stability_checks": [["noise", 3]]})
+    assert "noise" in info.value.fix
+
+    from steth_hub.audio import decode
+    from steth_hub.clips import ClipSet
+
+    chosen = [p for p in example_wavs if p.parent.name == "kauh"][:4]
+    waves, labels, recs = [], [], []
+    for path in chosen:
+        rec = decode(path).resampled(4000)
+        for k in range(2):
+            waves.append(rec.samples[k * 20000:(k + 1) * 20000])
+            labels.append(int("asthma" in path.name.lower()))
+            recs.append(path.stem)
+    clips = ClipSet(np.stack(waves), 4000, labels, recs, recs, np.zeros(len(waves)))
+    config = {"name": "m", "classifier": "mfcc-logreg", "recipe": {}, "stability_checks": [["noise", 50]]}
+    model, _ = train_on_clips(config, clips, tmp_path / "m", valid_fraction=0.0, progress=False)
+    saved = json.loads((tmp_path / "m" / "steth.json").read_text())
+    assert saved["stability_checks"] == [["noise", 50.0]]
