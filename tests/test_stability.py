@@ -183,11 +183,11 @@ def test_the_patient_result_and_the_demo_say_when_an_unstable_recording_drives_t
     assert "unstable" not in _decision_text(SimpleNamespace(decision=True, stable=None))
 
 
-def test_a_config_asks_for_the_checks_and_steth_train_writes_them(tmp_path, example_wavs):
+def test_a_config_asks_for_the_checks_and_steth_train_writes_them(tmp_path, example_clipset):
+    from pathlib import Path
+
     from steth_hub.errors import ConfigError
     from steth_hub.experiment import load_experiment, train_on_clips
-
-    from pathlib import Path
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     shipped = load_experiment(configs / "efficientat-asthma.yaml")
@@ -197,19 +197,7 @@ def test_a_config_asks_for_the_checks_and_steth_train_writes_them(tmp_path, exam
         load_experiment({"classifier": "mfcc-logreg", "stability_checks": [["noise", 3]]})
     assert "noise" in info.value.fix
 
-    from steth_hub.audio import decode
-    from steth_hub.clips import ClipSet
-
-    chosen = [p for p in example_wavs if p.parent.name == "kauh"][:4]
-    waves, labels, recs = [], [], []
-    for path in chosen:
-        rec = decode(path).resampled(4000)
-        for k in range(2):
-            waves.append(rec.samples[k * 20000:(k + 1) * 20000])
-            labels.append(int("asthma" in path.name.lower()))
-            recs.append(path.stem)
-    clips = ClipSet(np.stack(waves), 4000, labels, recs, recs, np.zeros(len(waves)))
     config = {"name": "m", "classifier": "mfcc-logreg", "recipe": {}, "stability_checks": [["noise", 50]]}
-    model, _ = train_on_clips(config, clips, tmp_path / "m", valid_fraction=0.0, progress=False)
+    train_on_clips(config, example_clipset, tmp_path / "m", valid_fraction=0.0, progress=False)
     saved = json.loads((tmp_path / "m" / "steth.json").read_text())
     assert saved["stability_checks"] == [["noise", 50.0]]
