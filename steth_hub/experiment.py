@@ -116,7 +116,10 @@ def load_experiment(config: str | os.PathLike | dict) -> Experiment:
 def epochs_from_evaluation(report: dict) -> float | None:
     """Epochs for a final fit on every patient: the median best epoch over the folds (one decimal)."""
     per_fold = ((report.get("model") or {}).get("per_fold")) or []
-    best = [float(row["best_epoch"]) for row in per_fold if row.get("best_epoch") is not None]
+    return _median_epoch([float(row["best_epoch"]) for row in per_fold if row.get("best_epoch") is not None])
+
+
+def _median_epoch(best: list[float]) -> float | None:
     return round(float(np.median(best)), 1) if best else None
 
 
@@ -143,16 +146,18 @@ def combine_evaluations(reports: list[dict], *, experiment: str | None = None,
     if not reports:
         raise ConfigError("no evaluation report given", fix="pass the evaluation.json of `steth evaluate`")
     seen: dict = {}
+    facts = []
     for report, where in zip(reports, sources):
         name = (report.get("experiment") or {}).get("name") if isinstance(report.get("experiment"), dict) else None
         if experiment is not None and name is not None and str(name) != str(experiment):
             raise ConfigError(f"this evaluation report is of experiment {name!r}, not {experiment!r}", path=where,
                               fix=f"pass the evaluation.json that `steth evaluate` wrote for {experiment!r}")
         try:
-            seed = fold_seed_facts(report)["seed"]
+            facts.append(fold_seed_facts(report))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a usable evaluation report ({type(exc).__name__}: {exc})", path=where,
                               fix="pass the evaluation.json written by `steth evaluate`") from exc
+        seed = facts[-1]["seed"]
         if len(reports) > 1 and seed is None:
             raise ConfigError("this evaluation report does not say its fold seed (protocol.seed)", path=where,
                               fix="pass evaluation.json files written by `steth evaluate --seed S`")
@@ -160,18 +165,14 @@ def combine_evaluations(reports: list[dict], *, experiment: str | None = None,
             raise ConfigError(f"fold seed {seed} is given twice (also in {seen[seed] or 'another report'})",
                               path=where, fix="pass each fold seed's evaluation.json once")
         seen[seed] = where
-    facts = [fold_seed_facts(report) for report in reports]
-    if len(reports) == 1:
-        return {"threshold": facts[0]["threshold"], "epochs": epochs_from_evaluation(reports[0]),
-                "threshold_from": "cross-validation: max Youden's J on the pooled out-of-fold recording probabilities",
-                "fold_seeds": facts}
-    best = [e for f in facts for e in f["best_epochs"]]
-    seeds = ", ".join(str(f["seed"]) for f in facts)
-    return {"threshold": float(np.median([f["threshold"] for f in facts])),
-            "epochs": round(float(np.median(best)), 1) if best else None,
-            "threshold_from": (f"cross-validation: the median over fold seeds {seeds} of each seed's max Youden's J "
-                               "on its pooled out-of-fold recording probabilities"),
-            "fold_seeds": facts}
+    if len(facts) == 1:
+        threshold_from = "cross-validation: max Youden's J on the pooled out-of-fold recording probabilities"
+    else:
+        threshold_from = (f"cross-validation: the median over fold seeds {', '.join(str(f['seed']) for f in facts)} "
+                          "of each seed's max Youden's J on its pooled out-of-fold recording probabilities")
+    return {"threshold": float(np.median([f["threshold"] for f in facts])),  # one report: its own
+            "epochs": _median_epoch([e for f in facts for e in f["best_epochs"]]),
+            "threshold_from": threshold_from, "fold_seeds": facts}
 
 
 def read_evaluation(path: str | os.PathLike) -> dict:
