@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                              "seed's out-of-fold threshold for a model trained without one)")
     parser.add_argument("--stability", choices=("model", "on", "off"), default="model",
                         help="screening's stability checks: those the model asks for (default), the default "
-                             "checks, or none (about 5 times faster; nothing is then flagged unstable)")
+                             "checks, or none (about 3 times faster with two checks; nothing is then flagged unstable)")
     args = parser.parse_args(argv)
 
     if args.threads:

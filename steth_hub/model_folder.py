@@ -90,7 +90,7 @@ METADATA_SCHEMA = {
     "stability_checks": (False, lambda v: _stability_checks_ok(v),
                          "a list of [kind, value] pairs: [\"noise\", dB below the recording (10-120)] or "
                          "[\"gain\", dB (non-zero, within 24)]",
-                         'write e.g. [["noise", 60], ["noise", 40], ["gain", 6], ["gain", -6]], or remove it'),
+                         'write e.g. [["noise", 60], ["noise", 40]], or remove it'),
 }
 
 

@@ -346,11 +346,7 @@ def screen_loaded(path_or_array, model, pipeline: ScreeningPipeline, sample_rate
     if rates != {model.sample_rate}:
         raise ModelError(f"the preset gives clips at {sorted(rates)} Hz but the model expects {model.sample_rate} Hz",
                          fix="save the model with the preset it was trained with")
-    waveforms = np.stack([c.samples for c in clips]).astype(np.float32)
-    from steth_hub.feature_cache import feature_cache_disabled
-
-    with feature_cache_disabled():
-        probs = np.asarray(model.predict_proba(waveforms), dtype=np.float64)
+    waveforms, probs = _predict(model, clips)
     if probs.shape != (len(clips),) or not np.isfinite(probs).all():
         raise ModelError(f"the model returned {probs.shape} probabilities for {len(clips)} clips, or non-finite ones",
                          fix="check the classifier plugin's predict_proba")
@@ -381,7 +377,6 @@ def _probability_of(recording, model, pipeline: ScreeningPipeline, flagged: int 
     it, or when it fails more quality checks than the original (``flagged``): a copy a raised gain
     clipped is a damaged recording, not a harmless change."""
     from steth_hub.errors import StethError
-    from steth_hub.feature_cache import feature_cache_disabled
 
     try:
         clips, warnings = pipeline.clips(recording, recording.source)
@@ -389,10 +384,17 @@ def _probability_of(recording, model, pipeline: ScreeningPipeline, flagged: int 
         return None
     if len(warnings) > flagged:
         return None
-    with feature_cache_disabled():
-        probs = np.asarray(model.predict_proba(np.stack([c.samples for c in clips]).astype(np.float32)),
-                           dtype=np.float64)
+    _, probs = _predict(model, clips)
     return float(probs.mean()) if probs.size and np.isfinite(probs).all() else None
+
+
+def _predict(model, clips) -> tuple[np.ndarray, np.ndarray]:
+    """The clips' waveforms (float32) and the model's P(asthma) for each (float64), no feature cache."""
+    from steth_hub.feature_cache import feature_cache_disabled
+
+    waveforms = np.stack([c.samples for c in clips]).astype(np.float32)
+    with feature_cache_disabled():
+        return waveforms, np.asarray(model.predict_proba(waveforms), dtype=np.float64)
 
 
 def screen(path_or_array, sample_rate: int | None = None, model=None, *,

@@ -1,12 +1,12 @@
 """Whether a screening decision survives small, harmless changes of the recording.
 
-A decision that changes when white noise 40 dB below the recording is added, or when its level
-moves by 6 dB, is not a finding about the patient: it depends on the recording chain. Such a
+A decision that changes when white noise 60 or 40 dB below the recording is added (inaudible)
+is not a finding about the patient: it depends on the recording chain. Such a
 decision is said to be *unstable*, and screening says so, so that it is never a silent answer.
 
 :func:`perturb` is also what ``bench/bench_robustness.py`` applies (one definition of each
-change); :data:`DEFAULT_CHECKS` are the changes that the project's robustness bar calls harmless
-and that a model's ``steth.json`` can ask for (``"stability_checks"``). The noise is added to the recording as decoded, before
+change); :data:`DEFAULT_CHECKS` are the noise rows of the project's robustness bar, and what a
+model's ``steth.json`` (or its experiment config) asks for under ``"stability_checks"``. The noise is added to the recording as decoded, before
 the preset resamples and band-limits it (as the bench adds it), so for a model that reads 0-2 kHz
 a 44.1 kHz recording keeps less of it in band than a 4 kHz one. The noise of a check is
 drawn from a generator seeded by the recording's own samples, so a recording always gets the same
@@ -58,8 +58,8 @@ def check_list(value, where: str | None = None) -> tuple[tuple[str, float], ...]
     """``stability_checks`` as written in ``steth.json`` (a list of ``[kind, value]``), checked."""
     from steth_hub.errors import ModelError
 
-    fix = ('write it as a list of [kind, value] pairs, e.g. [["noise", 60], ["noise", 40], ["gain", 6], '
-           '["gain", -6]] (noise: dB below the recording; gain: dB), or remove it')
+    fix = ('write it as a list of [kind, value] pairs, e.g. [["noise", 60], ["noise", 40]] (noise: dB below '
+           'the recording; ["gain", dB] only for a model that does not normalise its clips), or remove it')
     if not isinstance(value, (list, tuple)):
         raise ModelError(f"stability_checks must be a list, not {type(value).__name__}", path=where, fix=fix,
                          code="model-metadata")
